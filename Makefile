@@ -1,0 +1,51 @@
+# lazypull — see README.md. The two entry points are `make run` and `make test`.
+export PATH := $(PATH):/usr/local/go/bin
+export GOFLAGS := -mod=vendor
+
+TAGS    := containers_image_openpgp exclude_graphdriver_btrfs exclude_graphdriver_devicemapper
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+BIN     := bin/lazypull
+GO      := go
+
+.PHONY: all build run test test-unit test-e2e test-compat fuzz bench vet clean deps-run deps-test
+
+all: build
+
+build:
+	$(GO) build -tags "$(TAGS)" -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/lazypull
+
+deps-run:
+	contrib/dev/install-deps.sh run
+
+deps-test:
+	contrib/dev/install-deps.sh test
+
+# The main job: install what is needed, build, and run the layer store in the foreground.
+run: deps-run build
+	$(BIN) serve
+
+# Every test: vet, unit and in-process tests under the race detector (FUSE mounts included),
+# the SOCI compatibility module, and the end-to-end tests with stock podman.
+test: deps-test vet test-unit test-compat test-e2e
+
+vet:
+	$(GO) vet -tags "$(TAGS)" ./...
+
+test-unit:
+	$(GO) test -race -count=1 -timeout 30m -tags "$(TAGS)" $$($(GO) list -tags "$(TAGS)" ./... | grep -v /tests/e2e)
+
+test-e2e: build
+	LAZYPULL_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 60m -tags "$(TAGS)" -v ./tests/e2e/...
+
+test-compat:
+	cd tests/compat && GOFLAGS=-mod=mod $(GO) test -count=1 -timeout 30m ./...
+
+fuzz:
+	contrib/dev/fuzz.sh $(FUZZTIME)
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -tags "$(TAGS)" ./ztoc/...
+
+clean:
+	rm -rf bin

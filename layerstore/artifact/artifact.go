@@ -1,0 +1,72 @@
+package artifact
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+
+	digest "github.com/opencontainers/go-digest"
+)
+
+// ErrNotFound is returned when a blob or mapping is not in a store.
+var ErrNotFound = errors.New("artifact: not found")
+
+// FormatVersion is mixed into every mapping key: changing how lazypull builds
+// indexes changes it, so old mappings are ignored and images get re-indexed.
+const FormatVersion = "lazypull-soci-v1"
+
+// RefKind names a mapping namespace.
+type RefKind string
+
+// Mapping namespaces.
+const (
+	// ImageRef maps ImageKey(manifest digest) to a SOCI index digest.
+	ImageRef RefKind = "image"
+	// LayerRef maps LayerKey(layer digest) to a zTOC digest.
+	LayerRef RefKind = "layer"
+)
+
+// ImageKey returns the key of the image whose (platform-specific) manifest
+// has digest manifest, for indexes built with the given span size.
+func ImageKey(manifest digest.Digest, spanSize int64) string {
+	return key(fmt.Sprintf("%s/span=%d/image/%s", FormatVersion, spanSize, manifest))
+}
+
+// LayerKey returns the key of a layer (by compressed digest) for zTOCs built
+// with the given span size.
+func LayerKey(layer digest.Digest, spanSize int64) string {
+	return key(fmt.Sprintf("%s/span=%d/layer/%s", FormatVersion, spanSize, layer))
+}
+
+func key(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
+}
+
+// Backend is one place artifacts are kept. Implementations verify blob
+// digests on write and read.
+type Backend interface {
+	// ReadBlob returns the blob with digest d, or ErrNotFound.
+	ReadBlob(ctx context.Context, d digest.Digest) ([]byte, error)
+	// WriteBlob stores data, whose digest is d.
+	WriteBlob(ctx context.Context, d digest.Digest, data []byte) error
+	// ReadRef returns the digest a mapping points to, or ErrNotFound.
+	ReadRef(ctx context.Context, kind RefKind, key string) (digest.Digest, error)
+	// WriteRef sets a mapping. For the registry backend the target blob must
+	// have been written first (and, for ImageRef, be a SOCI index whose zTOCs
+	// were written).
+	WriteRef(ctx context.Context, kind RefKind, key string, target digest.Digest) error
+}
+
+// verify checks that data has digest d.
+func verify(d digest.Digest, data []byte) error {
+	if err := d.Validate(); err != nil {
+		return fmt.Errorf("artifact: %w", err)
+	}
+	if got := d.Algorithm().FromBytes(data); got != d {
+		return fmt.Errorf("artifact: blob has digest %s, want %s", got, d)
+	}
+	return nil
+}

@@ -1,0 +1,57 @@
+package remote
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync/atomic"
+	"time"
+)
+
+// errStalled: no byte arrived for Options.IdleTimeout; retried.
+var errStalled = errors.New("connection stalled")
+
+// watchdog cancels a request when it makes no progress for d: blob reads
+// have no total timeout (a large read on a slow link may legitimately take
+// long) but must not hang on a dead connection.
+type watchdog struct {
+	d     time.Duration
+	t     *time.Timer
+	fired atomic.Bool
+}
+
+// startWatchdog arms a watchdog that calls cancel after d without kick.
+func startWatchdog(d time.Duration, cancel context.CancelFunc) *watchdog {
+	w := &watchdog{d: d}
+	w.t = time.AfterFunc(d, func() {
+		w.fired.Store(true)
+		cancel()
+	})
+	return w
+}
+
+func (w *watchdog) kick() { w.t.Reset(w.d) }
+
+func (w *watchdog) stop() { w.t.Stop() }
+
+// check wraps err with errStalled when the watchdog fired.
+func (w *watchdog) check(err error) error {
+	if err != nil && w.fired.Load() {
+		return errors.Join(errStalled, err)
+	}
+	return err
+}
+
+// kickingBody kicks the watchdog on every read that returns data.
+type kickingBody struct {
+	io.ReadCloser
+	w *watchdog
+}
+
+func (k kickingBody) Read(p []byte) (int, error) {
+	n, err := k.ReadCloser.Read(p)
+	if n > 0 {
+		k.w.kick()
+	}
+	return n, err
+}

@@ -1,0 +1,293 @@
+package ztoc
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/lazypull/lazypull/ztoc/internal/flate"
+)
+
+// LayerIndex is a zTOC loaded for random access: the file table with a path
+// lookup, the span geometry and the digests in memory, the 32 KiB checkpoint
+// windows left where they are (read from the serialized zTOC when a span is
+// inflated), so memory does not grow with the spans read. Safe for
+// concurrent use.
+type LayerIndex struct {
+	z *Ztoc
+
+	// gzip layers
+	cps *CheckpointTable
+	// uncompressed layers: fixed spans
+	tarSpanSize int64
+
+	nspans int
+	byPath map[string]int32 // CleanName(name) -> entry (the last one wins, as in extraction)
+
+	windows sync.Pool // *[WindowSize]byte scratch for inflating
+}
+
+// OpenLayerIndex decodes a serialized zTOC from r (size bytes) for random access.
+// r must stay readable for the life of the LayerIndex: checkpoint windows are read
+// from it on demand.
+func OpenLayerIndex(r io.ReaderAt, size int64) (*LayerIndex, error) {
+	z, cpSection, err := Decode(r, size)
+	if err != nil {
+		return nil, err
+	}
+	return NewLayerIndex(z, cpSection, cpSection.Size())
+}
+
+// NewLayerIndex prepares z for random access. For gzip layers, checkpoints is the
+// checkpoint blob (z.CompressionInfo.Checkpoints when it is in memory; then
+// checkpoints may be nil).
+func NewLayerIndex(z *Ztoc, checkpoints io.ReaderAt, size int64) (*LayerIndex, error) {
+	x := &LayerIndex{z: z, byPath: make(map[string]int32, len(z.TOC.FileMetadata))}
+	ci := &z.CompressionInfo
+	if checkpoints == nil {
+		checkpoints, size = bytes.NewReader(ci.Checkpoints), int64(len(ci.Checkpoints))
+	}
+	if z.CompressedArchiveSize <= 0 || z.UncompressedArchiveSize < 0 {
+		return nil, fmt.Errorf("%w: archive sizes %d/%d", ErrMalformed, z.CompressedArchiveSize, z.UncompressedArchiveSize)
+	}
+	switch ci.Algorithm {
+	case Gzip:
+		t, err := ParseCheckpoints(checkpoints, size)
+		if err != nil {
+			return nil, err
+		}
+		// The last checkpoint must lie inside the compressed layer (the
+		// parser checked order and bounds of the others).
+		if _, _, _, _, err := t.SpanRanges(SpanID(len(t.Points)-1), z.CompressedArchiveSize, z.UncompressedArchiveSize); err != nil {
+			return nil, err
+		}
+		x.cps, x.nspans = t, len(t.Points)
+	case Uncompressed:
+		buf := make([]byte, size)
+		if _, err := checkpoints.ReadAt(buf, 0); err != nil && err != io.EOF {
+			return nil, fmt.Errorf("ztoc: read tar span info: %w", err)
+		}
+		spanSize, tarSize, err := ParseTarZinfo(buf)
+		if err != nil {
+			return nil, err
+		}
+		if spanSize <= 0 || tarSize != z.UncompressedArchiveSize || tarSize != z.CompressedArchiveSize {
+			return nil, fmt.Errorf("%w: tar span info (span %d, size %d) does not match the archive (%d)", ErrMalformed, spanSize, tarSize, z.UncompressedArchiveSize)
+		}
+		x.tarSpanSize = spanSize
+		x.nspans = int((tarSize + spanSize - 1) / spanSize)
+		if x.nspans == 0 {
+			x.nspans = 1
+		}
+	default:
+		return nil, fmt.Errorf("%w: compression algorithm %d", ErrMalformed, ci.Algorithm)
+	}
+	if int(ci.MaxSpanID)+1 != x.nspans || len(ci.SpanDigests) != x.nspans {
+		return nil, fmt.Errorf("%w: %d spans, max span id %d, %d span digests", ErrMalformed, x.nspans, ci.MaxSpanID, len(ci.SpanDigests))
+	}
+	for i := range z.TOC.FileMetadata {
+		m := &z.TOC.FileMetadata[i]
+		if m.Type == TypeReg && (m.UncompressedOffset < 0 || m.UncompressedSize < 0 ||
+			m.UncompressedOffset+m.UncompressedSize > z.UncompressedArchiveSize ||
+			m.UncompressedOffset+m.UncompressedSize < m.UncompressedOffset) {
+			return nil, fmt.Errorf("%w: %q: data [%d, +%d) outside the archive (%d bytes)", ErrInvalidEntry, m.Name, m.UncompressedOffset, m.UncompressedSize, z.UncompressedArchiveSize)
+		}
+		x.byPath[CleanName(m.Name)] = int32(i)
+	}
+	x.windows.New = func() any { return new([WindowSize]byte) }
+	return x, nil
+}
+
+// Ztoc returns the decoded zTOC (without the checkpoint blob when the index
+// was opened with OpenLayerIndex). Callers must not modify it.
+func (x *LayerIndex) Ztoc() *Ztoc { return x.z }
+
+// Entries returns the file table in stream order. Callers must not modify it.
+func (x *LayerIndex) Entries() []FileMetadata { return x.z.TOC.FileMetadata }
+
+// NumSpans returns the number of spans.
+func (x *LayerIndex) NumSpans() int { return x.nspans }
+
+// SpanCompressedRange returns the byte range [start, end) of span id in the
+// compressed layer. Adjacent spans may share one byte.
+func (x *LayerIndex) SpanCompressedRange(id SpanID) (start, end int64) {
+	start, end, _, _ = x.spanRanges(id)
+	return start, end
+}
+
+// SpanUncompressedRange returns the range [start, end) of the uncompressed
+// tar stream that span id inflates to.
+func (x *LayerIndex) SpanUncompressedRange(id SpanID) (start, end int64) {
+	_, _, start, end = x.spanRanges(id)
+	return start, end
+}
+
+// spanRanges returns both ranges of span id (which callers keep in
+// [0, NumSpans)).
+func (x *LayerIndex) spanRanges(id SpanID) (c0, c1, u0, u1 int64) {
+	if x.cps == nil {
+		u0 = int64(id) * x.tarSpanSize
+		u1 = min(u0+x.tarSpanSize, x.z.UncompressedArchiveSize)
+		return u0, u1, u0, u1
+	}
+	c0, c1, u0, u1, _ = x.cps.SpanRanges(id, x.z.CompressedArchiveSize, x.z.UncompressedArchiveSize)
+	return c0, c1, u0, u1
+}
+
+// SpanOf returns the span holding uncompressed offset off (clamped to the
+// first and last span).
+func (x *LayerIndex) SpanOf(off int64) SpanID {
+	if x.cps == nil {
+		return SpanID(min(off/x.tarSpanSize, int64(x.nspans-1)))
+	}
+	p := x.cps.Points
+	i := sort.Search(len(p), func(i int) bool { return p[i].Out > off }) - 1
+	return SpanID(max(i, 0))
+}
+
+// CompressedSpanOf returns the span holding compressed offset off (clamped
+// to the first and last span). Where two spans share a byte, the later one.
+func (x *LayerIndex) CompressedSpanOf(off int64) SpanID {
+	if x.cps == nil {
+		return x.SpanOf(off)
+	}
+	p := x.cps.Points
+	i := sort.Search(len(p), func(i int) bool {
+		s, _ := x.SpanCompressedRange(SpanID(i))
+		return s > off
+	}) - 1
+	return SpanID(max(i, 0))
+}
+
+// SpanDigest returns the digest of span id's compressed bytes.
+func (x *LayerIndex) SpanDigest(id SpanID) digest.Digest { return x.z.CompressionInfo.SpanDigests[id] }
+
+// VerifySpan checks compressed against span id's length and digest.
+func (x *LayerIndex) VerifySpan(id SpanID, compressed []byte) error {
+	if int(id) < 0 || int(id) >= x.nspans {
+		return fmt.Errorf("%w: span %d of %d", ErrMalformed, id, x.nspans)
+	}
+	start, end := x.SpanCompressedRange(id)
+	if int64(len(compressed)) != end-start {
+		return fmt.Errorf("%w: span %d has %d bytes, want %d", ErrSpanDigest, id, len(compressed), end-start)
+	}
+	sum := sha256.Sum256(compressed)
+	want := x.SpanDigest(id)
+	if want.Algorithm() != digest.SHA256 || want.Encoded() != fmt.Sprintf("%x", sum) {
+		return fmt.Errorf("%w: span %d", ErrSpanDigest, id)
+	}
+	return nil
+}
+
+// InflateSpan verifies the compressed bytes of span id and returns the
+// span's uncompressed bytes, appended to dst[:0] when it has room.
+func (x *LayerIndex) InflateSpan(id SpanID, compressed, dst []byte) ([]byte, error) {
+	if err := x.VerifySpan(id, compressed); err != nil {
+		return nil, err
+	}
+	u0, u1 := x.SpanUncompressedRange(id)
+	n := int(u1 - u0)
+	if cap(dst) < n {
+		dst = make([]byte, n)
+	}
+	dst = dst[:n]
+	if x.cps == nil {
+		copy(dst, compressed)
+		return dst, nil
+	}
+	win := x.windows.Get().(*[WindowSize]byte)
+	defer x.windows.Put(win)
+	w, err := x.cps.Window(int(id), win[:])
+	if err != nil {
+		return nil, fmt.Errorf("ztoc: read window of span %d: %w", id, err)
+	}
+	c := x.cps.Points[id]
+	d, err := flate.ResumeGzip(bytes.NewReader(compressed), c.In, c.Bits, c.Out, w)
+	if err != nil {
+		return nil, fmt.Errorf("ztoc: resume span %d: %w", id, mapFlateErr(err))
+	}
+	if _, err := io.ReadFull(d, dst); err != nil {
+		return nil, fmt.Errorf("ztoc: inflate span %d: %w", id, mapFlateErr(err))
+	}
+	return dst, nil
+}
+
+// Lookup returns the index of the entry named name (any spelling that cleans
+// to the same path).
+func (x *LayerIndex) Lookup(name string) (int, bool) {
+	i, ok := x.byPath[CleanName(name)]
+	return int(i), ok
+}
+
+// maxLinkDepth bounds hard-link chains (a hostile zTOC could loop).
+const maxLinkDepth = 8
+
+// Resolve follows hard links from entry i to the regular file holding the
+// data.
+func (x *LayerIndex) Resolve(i int) (int, error) {
+	e := x.z.TOC.FileMetadata
+	for depth := 0; depth < maxLinkDepth; depth++ {
+		switch e[i].Type {
+		case TypeReg:
+			return i, nil
+		case TypeHardlink:
+			j, ok := x.Lookup(e[i].Linkname)
+			if !ok {
+				return 0, fmt.Errorf("%w: hard link %q to missing %q", ErrNotExist, e[i].Name, e[i].Linkname)
+			}
+			i = j
+		default:
+			return 0, fmt.Errorf("%w: %q is a %s, not a regular file", ErrNotExist, e[i].Name, e[i].Type)
+		}
+	}
+	return 0, fmt.Errorf("%w: hard link chain too long at %q", ErrInvalidEntry, e[i].Name)
+}
+
+// SpanSource supplies compressed span bytes, e.g. from a cache or registry
+// range requests. FetchSpans returns the exact compressed bytes of spans
+// first..last (each SpanCompressedRange long), fetched with one range read
+// when they are not cached. The Reader verifies every span's digest.
+type SpanSource interface {
+	FetchSpans(ctx context.Context, first, last SpanID) ([][]byte, error)
+}
+
+// ReaderAtSource adapts the compressed layer as an io.ReaderAt: a run of
+// spans is read with one ReadAt.
+func ReaderAtSource(x *LayerIndex, r io.ReaderAt) SpanSource { return &readerAtSource{x: x, r: r} }
+
+type readerAtSource struct {
+	x *LayerIndex
+	r io.ReaderAt
+}
+
+func (s *readerAtSource) FetchSpans(_ context.Context, first, last SpanID) ([][]byte, error) {
+	c0, _ := s.x.SpanCompressedRange(first)
+	_, c1 := s.x.SpanCompressedRange(last)
+	buf := make([]byte, c1-c0)
+	n, err := s.r.ReadAt(buf, c0)
+	if n < len(buf) {
+		if err == nil || err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, fmt.Errorf("ztoc: read spans %d-%d [%d, %d): %w: %w", first, last, c0, c1, ErrTruncated, err)
+	}
+	return SplitSpans(s.x, first, last, buf), nil
+}
+
+// SplitSpans cuts the compressed bytes of the contiguous spans first..last
+// (starting at span first's compressed start) into one slice per span.
+func SplitSpans(x *LayerIndex, first, last SpanID, buf []byte) [][]byte {
+	c0, _ := x.SpanCompressedRange(first)
+	out := make([][]byte, 0, last-first+1)
+	for id := first; id <= last; id++ {
+		s, e := x.SpanCompressedRange(id)
+		out = append(out, buf[s-c0:e-c0:e-c0])
+	}
+	return out
+}

@@ -1,0 +1,312 @@
+package ztoc
+
+import (
+	"container/list"
+	"context"
+	"fmt"
+	"io"
+	"sync"
+)
+
+// SpanCache keeps inflated spans in memory, bounded in bytes, least recently
+// used first out, shared by every Reader given to it (one per daemon). It
+// also merges concurrent inflations of the same span. The zero value is not
+// usable; use NewSpanCache.
+type SpanCache struct {
+	max int64
+
+	mu sync.Mutex // guards the fields below
+	// size is the sum of the lengths of the cached spans.
+	size    int64
+	lru     *list.List // of *cachedSpan, most recent at the front
+	entries map[spanKey]*list.Element
+	flights map[spanKey]*flight
+
+	hits, misses int64
+}
+
+type spanKey struct {
+	x  *LayerIndex
+	id SpanID
+}
+
+type cachedSpan struct {
+	key  spanKey
+	data []byte
+}
+
+type flight struct {
+	done chan struct{}
+	data []byte
+	err  error
+}
+
+// NewSpanCache returns a cache holding at most maxBytes of inflated spans
+// (at least one span is always kept while it is being read).
+func NewSpanCache(maxBytes int64) *SpanCache {
+	return &SpanCache{max: maxBytes, lru: list.New(), entries: make(map[spanKey]*list.Element), flights: make(map[spanKey]*flight)}
+}
+
+// Stats returns the number of lookups answered from memory and not.
+func (c *SpanCache) Stats() (hits, misses int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.hits, c.misses
+}
+
+// Drop removes every span of x (e.g. when its layer goes away or was found
+// bad).
+func (c *SpanCache) Drop(x *LayerIndex) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, el := range c.entries {
+		if k.x == x {
+			c.lru.Remove(el)
+			delete(c.entries, k)
+			c.size -= int64(len(el.Value.(*cachedSpan).data))
+		}
+	}
+}
+
+// get returns a cached span, or the flight to wait for, or registers a new
+// flight owned by the caller (own == true).
+func (c *SpanCache) get(k spanKey) (data []byte, f *flight, own bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.entries[k]; ok {
+		c.lru.MoveToFront(el)
+		c.hits++
+		return el.Value.(*cachedSpan).data, nil, false
+	}
+	c.misses++
+	if f, ok := c.flights[k]; ok {
+		return nil, f, false
+	}
+	f = &flight{done: make(chan struct{})}
+	c.flights[k] = f
+	return nil, f, true
+}
+
+// land completes a flight owned by the caller and caches its data.
+func (c *SpanCache) land(k spanKey, f *flight, data []byte, err error) {
+	c.mu.Lock()
+	delete(c.flights, k)
+	if err == nil {
+		if _, ok := c.entries[k]; !ok {
+			c.entries[k] = c.lru.PushFront(&cachedSpan{key: k, data: data})
+			c.size += int64(len(data))
+			for c.size > c.max && c.lru.Len() > 1 {
+				el := c.lru.Back()
+				cs := el.Value.(*cachedSpan)
+				c.lru.Remove(el)
+				delete(c.entries, cs.key)
+				c.size -= int64(len(cs.data))
+			}
+		}
+	}
+	c.mu.Unlock()
+	f.data, f.err = data, err
+	close(f.done)
+}
+
+// Reader reads the uncompressed tar stream of a layer, and files in it, at
+// random offsets, fetching only the spans that hold the bytes asked for.
+type Reader struct {
+	x     *LayerIndex
+	src   SpanSource
+	cache *SpanCache
+}
+
+// NewReader returns a Reader of x's layer getting compressed spans from src.
+// cache may be shared between Readers; nil gives the Reader a small cache of
+// its own (four spans).
+func NewReader(x *LayerIndex, src SpanSource, cache *SpanCache) *Reader {
+	if cache == nil {
+		cache = NewSpanCache(4 * maxSpanLen(x))
+	}
+	return &Reader{x: x, src: src, cache: cache}
+}
+
+func maxSpanLen(x *LayerIndex) int64 {
+	var m int64
+	for i := 0; i < x.NumSpans(); i++ {
+		s, e := x.SpanUncompressedRange(SpanID(i))
+		m = max(m, e-s)
+	}
+	return m
+}
+
+// Index returns the layer index the Reader serves.
+func (r *Reader) Index() *LayerIndex { return r.x }
+
+// ReadAt reads len(p) bytes of the uncompressed tar stream at off. It
+// returns io.EOF with a short count at the end of the stream.
+func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	size := r.x.z.UncompressedArchiveSize
+	if off < 0 {
+		return 0, fmt.Errorf("ztoc: negative offset %d", off)
+	}
+	if off >= size {
+		return 0, io.EOF
+	}
+	end := min(off+int64(len(p)), size)
+	first, last := r.x.SpanOf(off), r.x.SpanOf(end-1)
+	spans, err := r.spans(ctx, first, last)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for i, data := range spans {
+		u0, _ := r.x.SpanUncompressedRange(first + SpanID(i))
+		lo := max(off-u0, 0)
+		hi := min(end-u0, int64(len(data)))
+		if lo < hi {
+			n += copy(p[n:], data[lo:hi])
+		}
+	}
+	if int64(n) != end-off {
+		return n, fmt.Errorf("%w: spans %d-%d gave %d bytes at %d, want %d", ErrMalformed, first, last, n, off, end-off)
+	}
+	if end < off+int64(len(p)) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// spans returns the inflated spans first..last, from the cache or by
+// fetching every run of missing spans with one FetchSpans call.
+func (r *Reader) spans(ctx context.Context, first, last SpanID) ([][]byte, error) {
+	out := make([][]byte, last-first+1)
+	waits := make(map[SpanID]*flight)
+	owned := make(map[SpanID]*flight)
+	for id := first; id <= last; id++ {
+		data, f, own := r.cache.get(spanKey{r.x, id})
+		switch {
+		case data != nil:
+			out[id-first] = data
+		case own:
+			owned[id] = f
+		default:
+			waits[id] = f
+		}
+	}
+	// Fetch and inflate our own spans, one source call per contiguous run.
+	var firstErr error
+	for id := first; id <= last; {
+		if _, ok := owned[id]; !ok {
+			id++
+			continue
+		}
+		runEnd := id
+		for runEnd+1 <= last && owned[runEnd+1] != nil {
+			runEnd++
+		}
+		err := r.fetchRun(ctx, id, runEnd, owned, out[id-first:])
+		if err != nil && firstErr == nil {
+			firstErr = err
+		}
+		id = runEnd + 1
+	}
+	for id, f := range waits {
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if f.err != nil {
+			if firstErr == nil {
+				firstErr = f.err
+			}
+			continue
+		}
+		out[id-first] = f.data
+	}
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	return out, nil
+}
+
+func (r *Reader) fetchRun(ctx context.Context, a, b SpanID, owned map[SpanID]*flight, out [][]byte) error {
+	comp, err := r.src.FetchSpans(ctx, a, b)
+	if err == nil && len(comp) != int(b-a+1) {
+		err = fmt.Errorf("ztoc: span source returned %d spans for %d-%d", len(comp), a, b)
+	}
+	var runErr error
+	for id := a; id <= b; id++ {
+		var data []byte
+		ferr := err
+		if ferr == nil {
+			data, ferr = r.x.InflateSpan(id, comp[id-a], nil)
+		} else {
+			ferr = fmt.Errorf("ztoc: fetch spans %d-%d: %w", a, b, ferr)
+		}
+		r.cache.land(spanKey{r.x, id}, owned[id], data, ferr)
+		if ferr != nil && runErr == nil {
+			runErr = ferr
+		}
+		out[id-a] = data
+	}
+	return runErr
+}
+
+// ReadFile reads entry i of the file table (a regular file or a hard link to
+// one) at off. It returns io.EOF with a short count at the end of the file.
+func (r *Reader) ReadFile(ctx context.Context, i int, p []byte, off int64) (int, error) {
+	j, err := r.x.Resolve(i)
+	if err != nil {
+		return 0, err
+	}
+	m := &r.x.z.TOC.FileMetadata[j]
+	if off < 0 {
+		return 0, fmt.Errorf("ztoc: negative offset %d", off)
+	}
+	if off >= m.UncompressedSize {
+		return 0, io.EOF
+	}
+	want := min(int64(len(p)), m.UncompressedSize-off)
+	n, err := r.ReadAt(ctx, p[:want], m.UncompressedOffset+off)
+	if err == io.EOF && int64(n) == want {
+		err = nil
+	}
+	if err == nil && want < int64(len(p)) {
+		err = io.EOF
+	}
+	return n, err
+}
+
+// Open returns the regular file (or the file a hard link points to) named
+// name.
+func (r *Reader) Open(name string) (*File, error) {
+	i, ok := r.x.Lookup(name)
+	if !ok {
+		return nil, fmt.Errorf("ztoc: open %q: %w", name, ErrNotExist)
+	}
+	j, err := r.x.Resolve(i)
+	if err != nil {
+		return nil, fmt.Errorf("ztoc: open %q: %w", name, err)
+	}
+	return &File{r: r, i: j}, nil
+}
+
+// File is a regular file of a layer, readable at random offsets.
+type File struct {
+	r *Reader
+	i int
+}
+
+// Metadata returns the file's zTOC entry.
+func (f *File) Metadata() *FileMetadata { return &f.r.x.z.TOC.FileMetadata[f.i] }
+
+// Size returns the file's length.
+func (f *File) Size() int64 { return f.Metadata().UncompressedSize }
+
+// ReadAt implements io.ReaderAt.
+func (f *File) ReadAt(p []byte, off int64) (int, error) {
+	return f.r.ReadFile(context.Background(), f.i, p, off)
+}
+
+// ReadAtContext is ReadAt with a context for the fetches it causes.
+func (f *File) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
+	return f.r.ReadFile(ctx, f.i, p, off)
+}

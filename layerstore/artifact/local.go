@@ -175,6 +175,18 @@ func (l *Local) WriteRef(_ context.Context, kind RefKind, key string, target dig
 	return writeAtomic(p, []byte(target.String()+"\n"))
 }
 
+// DeleteRef removes a mapping (e.g. one pointing to a zTOC found wrong).
+func (l *Local) DeleteRef(kind RefKind, key string) error {
+	p, err := l.refPath(kind, key)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("artifact: %w", err)
+	}
+	return nil
+}
+
 // DeleteBlob removes blob d (e.g. a zTOC found to be wrong).
 func (l *Local) DeleteBlob(d digest.Digest) error {
 	if err := os.Remove(l.blobPath(d)); err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -1,0 +1,361 @@
+package layerstore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/containers/image/v5/docker/reference"
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/sirupsen/logrus"
+
+	"github.com/lazypull/lazypull/layerstore/artifact"
+	"github.com/lazypull/lazypull/layerstore/remote"
+	"github.com/lazypull/lazypull/layerstore/spancache"
+	"github.com/lazypull/lazypull/ztoc"
+)
+
+// ErrLayerMismatch is returned when a layer streamed from the registry does
+// not have the digest, size or DiffID its image says.
+var ErrLayerMismatch = errors.New("layerstore: layer content does not match the image")
+
+// layerStreamer opens a whole layer blob; remote.Blob implements it.
+type layerStreamer interface {
+	Open(ctx context.Context) (io.ReadCloser, error)
+}
+
+// BuildResult describes a zTOC built from a layer.
+type BuildResult struct {
+	Layer      remote.Layer
+	ZtocDigest digest.Digest
+	ZtocSize   int64
+	Spans      int
+	Took       time.Duration
+}
+
+// buildLayerIndex streams the layer once, builds its zTOC, caches every span
+// on the way, checks digest, size and DiffID against the image, and stores
+// the zTOC (local store; shared store in the background).
+func (s *Store) buildLayerIndex(ctx context.Context, ref reference.Named, img *remote.Image, desc remote.Layer, blob layerStreamer, log *logrus.Entry) (digest.Digest, error) {
+	select {
+	case s.buildSem <- struct{}{}:
+		defer func() { <-s.buildSem }()
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+	res, err := s.BuildLayer(ctx, desc, blob, true, nil)
+	if err != nil {
+		log.WithError(err).Warn("Indexing the layer failed")
+		return "", err
+	}
+	log.WithFields(logrus.Fields{"ztoc": res.ZtocDigest, "spans": res.Spans, "took": res.Took.Round(time.Millisecond)}).Info("Indexed layer")
+	s.metrics.built.Inc()
+	s.afterBuild(ref, img)
+	return res.ZtocDigest, nil
+}
+
+// BuildLayer streams one layer through the zTOC builder. With cacheSpans the
+// compressed spans go into the span cache as they stream. progress, when set,
+// receives the compressed bytes read so far. The zTOC is stored in the local
+// artifact store and mapped to the layer.
+func (s *Store) BuildLayer(ctx context.Context, desc remote.Layer, blob layerStreamer, cacheSpans bool, progress func(int64)) (*BuildResult, error) {
+	start := time.Now()
+	rc, err := blob.Open(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("open layer %s: %w", desc.Digest, err)
+	}
+	defer rc.Close()
+	opts := ztoc.BuildOptions{SpanSize: int64(s.cfg.Index.SpanSize), OnProgress: progress}
+	if cacheSpans {
+		opts.OnSpan = func(id ztoc.SpanID, data []byte) error {
+			err := s.spans.Put(spancache.Key{Layer: desc.Digest, Span: int32(id)}, data)
+			if err != nil && !errors.Is(err, spancache.ErrFull) {
+				s.log.WithError(err).WithField("layer", desc.Digest).Warn("Could not cache span while indexing")
+			}
+			return nil
+		}
+	}
+	res, err := ztoc.Build(ctx, rc, opts)
+	if err != nil {
+		if cacheSpans {
+			_ = s.spans.RemoveLayer(desc.Digest)
+		}
+		return nil, fmt.Errorf("index layer %s: %w", desc.Digest, err)
+	}
+	var mismatch error
+	switch {
+	case res.Digest != desc.Digest:
+		mismatch = fmt.Errorf("%w: blob has digest %s, manifest says %s", ErrLayerMismatch, res.Digest, desc.Digest)
+	case res.Size != desc.Size:
+		mismatch = fmt.Errorf("%w: blob has %d bytes, manifest says %d", ErrLayerMismatch, res.Size, desc.Size)
+	case desc.DiffID != "" && res.DiffID != desc.DiffID:
+		mismatch = fmt.Errorf("%w: DiffID %s, config says %s", ErrLayerMismatch, res.DiffID, desc.DiffID)
+	}
+	if mismatch != nil {
+		if cacheSpans {
+			_ = s.spans.RemoveLayer(desc.Digest)
+		}
+		return nil, mismatch
+	}
+	data, err := ztoc.Marshal(res.Ztoc)
+	if err != nil {
+		return nil, fmt.Errorf("encode zTOC of %s: %w", desc.Digest, err)
+	}
+	zd := digest.FromBytes(data)
+	if err := s.local.WriteBlob(ctx, zd, data); err != nil {
+		return nil, err
+	}
+	key := artifact.LayerKey(desc.Digest, int64(s.cfg.Index.SpanSize))
+	if err := s.local.WriteRef(ctx, artifact.LayerRef, key, zd); err != nil {
+		return nil, err
+	}
+	s.share(func(ctx context.Context) error {
+		if err := s.shared.WriteBlob(ctx, zd, data); err != nil {
+			return err
+		}
+		return s.shared.WriteRef(ctx, artifact.LayerRef, key, zd)
+	})
+	return &BuildResult{Layer: desc, ZtocDigest: zd, ZtocSize: int64(len(data)), Spans: int(res.Ztoc.CompressionInfo.MaxSpanID) + 1, Took: time.Since(start)}, nil
+}
+
+// share runs fn against the shared artifact store in the background (a
+// store goroutine, canceled on Close), when one is configured.
+func (s *Store) share(fn func(ctx context.Context) error) {
+	if s.shared == nil {
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		ctx, cancel := context.WithTimeout(s.ctx, 10*time.Minute)
+		defer cancel()
+		if err := fn(ctx); err != nil {
+			s.log.WithError(err).WithField("repository", s.sharedN).Warn("Sharing artifacts failed; other machines will index themselves")
+			return
+		}
+		s.metrics.shared.Inc()
+	}()
+}
+
+// buildInBackground indexes a layer for next time while the host pulls it
+// normally now (index.on_demand = "background").
+func (s *Store) buildInBackground(ref reference.Named, img *remote.Image, desc remote.Layer, blob layerStreamer, log *logrus.Entry) {
+	s.mu.Lock()
+	if s.building[desc.Digest] {
+		s.mu.Unlock()
+		return
+	}
+	s.building[desc.Digest] = true
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer func() {
+			s.mu.Lock()
+			delete(s.building, desc.Digest)
+			s.mu.Unlock()
+		}()
+		if _, err := s.buildLayerIndex(s.ctx, ref, img, desc, blob, log); err == nil {
+			// Spans stay cached for a later lazy pull of the layer.
+			log.Info("Indexed layer in the background for the next pull")
+		}
+	}()
+}
+
+// afterBuild writes the image's SOCI index once every layer that gets an
+// index has one, so the whole image is found with one mapping (locally and
+// in the shared store).
+func (s *Store) afterBuild(ref reference.Named, img *remote.Image) {
+	layers, err := s.ImageIndexLayers(s.ctx, img)
+	if err != nil {
+		return // not all layers indexed yet
+	}
+	if _, err := s.StoreImageIndex(s.ctx, img, layers); err != nil {
+		s.log.WithError(err).WithField("ref", ref).Warn("Storing the image's SOCI index")
+	}
+}
+
+// ImageIndexLayers returns the SOCI index entries of img's layers, or an
+// error when a layer that should have a zTOC has none in the local store.
+func (s *Store) ImageIndexLayers(ctx context.Context, img *remote.Image) ([]ztoc.IndexLayer, error) {
+	spanSize := int64(s.cfg.Index.SpanSize)
+	var out []ztoc.IndexLayer
+	for _, d := range img.Layers {
+		if d.Size < int64(s.cfg.Index.MinLayerSize) || !servableMediaType(d.MediaType) {
+			continue
+		}
+		zd, err := s.local.ReadRef(ctx, artifact.LayerRef, artifact.LayerKey(d.Digest, spanSize))
+		if err != nil {
+			return nil, err
+		}
+		f, size, err := s.local.Open(zd)
+		if err != nil {
+			return nil, err
+		}
+		f.Close()
+		out = append(out, ztoc.IndexLayer{
+			ZtocDigest:     zd,
+			ZtocSize:       size,
+			LayerDigest:    d.Digest,
+			LayerMediaType: d.MediaType,
+			SpanSize:       spanSize,
+			DiffID:         d.DiffID,
+		})
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w: no layer of %s gets an index", artifact.ErrNotFound, img.ManifestDigest)
+	}
+	return out, nil
+}
+
+// StoreImageIndex builds a SOCI v1 index for img, stores it locally, maps the
+// image to it, and shares index and zTOCs in the background.
+func (s *Store) StoreImageIndex(ctx context.Context, img *remote.Image, layers []ztoc.IndexLayer) ([]byte, error) {
+	subject := ocispec.Descriptor{MediaType: img.MediaType, Digest: img.ManifestDigest, Size: int64(len(img.Manifest))}
+	data, desc, err := ztoc.BuildIndexV1(layers, subject, nil)
+	if err != nil {
+		return nil, fmt.Errorf("build SOCI index: %w", err)
+	}
+	if err := s.local.WriteBlob(ctx, desc.Digest, data); err != nil {
+		return nil, err
+	}
+	key := artifact.ImageKey(img.ManifestDigest, int64(s.cfg.Index.SpanSize))
+	if err := s.local.WriteRef(ctx, artifact.ImageRef, key, desc.Digest); err != nil {
+		return nil, err
+	}
+	s.share(func(ctx context.Context) error {
+		for _, l := range layers {
+			zt, err := s.local.ReadBlob(ctx, l.ZtocDigest)
+			if err != nil {
+				return err
+			}
+			if err := s.shared.WriteBlob(ctx, l.ZtocDigest, zt); err != nil {
+				return err
+			}
+			lk := artifact.LayerKey(l.LayerDigest, l.SpanSize)
+			if err := s.shared.WriteRef(ctx, artifact.LayerRef, lk, l.ZtocDigest); err != nil {
+				return err
+			}
+		}
+		if err := s.shared.WriteBlob(ctx, desc.Digest, data); err != nil {
+			return err
+		}
+		return s.shared.WriteRef(ctx, artifact.ImageRef, key, desc.Digest)
+	})
+	return data, nil
+}
+
+// IndexProgress receives the progress of IndexImage; all methods may be
+// called concurrently for different layers.
+type IndexProgress interface {
+	LayerStarted(l remote.Layer)
+	LayerProgress(l remote.Layer, compressedBytes int64)
+	LayerDone(l remote.Layer, res *BuildResult, reused bool, err error)
+}
+
+// IndexImageResult is what IndexImage produced.
+type IndexImageResult struct {
+	Image *remote.Image
+	// Layers are the zTOCs of the image's indexed layers.
+	Layers []ztoc.IndexLayer
+	// Index is the SOCI v1 index and IndexDigest its digest.
+	Index       []byte
+	IndexDigest digest.Digest
+	// Pushed is set when the index was pushed to the image's repository.
+	Pushed bool
+}
+
+// IndexImage builds the SOCI artifacts of an image (`lazypull index`): every
+// layer that gets an index is streamed once through the zTOC builder (layers
+// in parallel, index.parallel at a time; layers already indexed locally are
+// reused), the zTOCs and a SOCI v1 index go into the local artifact store,
+// and with push into the image's repository as a referrer of the image
+// manifest (OCI referrers API, or the sha256-<hex> tag fallback).
+func (s *Store) IndexImage(ctx context.Context, refStr string, push bool, progress IndexProgress) (*IndexImageResult, error) {
+	ref, err := reference.ParseNormalizedNamed(refStr)
+	if err != nil {
+		return nil, fmt.Errorf("image reference %q: %w", refStr, err)
+	}
+	img, err := s.resolveImage(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	spanSize := int64(s.cfg.Index.SpanSize)
+	sem := make(chan struct{}, s.cfg.Index.Parallel)
+	errs := make([]error, len(img.Layers))
+	var wg sync.WaitGroup
+	for i, d := range img.Layers {
+		if d.Size < int64(s.cfg.Index.MinLayerSize) || !servableMediaType(d.MediaType) {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case sem <- struct{}{}:
+				defer func() { <-sem }()
+			case <-ctx.Done():
+				errs[i] = ctx.Err()
+				return
+			}
+			progress.LayerStarted(d)
+			if zd, err := s.local.ReadRef(ctx, artifact.LayerRef, artifact.LayerKey(d.Digest, spanSize)); err == nil {
+				progress.LayerDone(d, &BuildResult{Layer: d, ZtocDigest: zd}, true, nil)
+				return
+			}
+			blob, err := s.client.Blob(ref, d.Digest, d.Size)
+			if err == nil {
+				var res *BuildResult
+				res, err = s.BuildLayer(ctx, d, blob, false, func(n int64) { progress.LayerProgress(d, n) })
+				progress.LayerDone(d, res, false, err)
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	layers, err := s.ImageIndexLayers(ctx, img)
+	if err != nil {
+		return nil, err
+	}
+	data, err := s.StoreImageIndex(ctx, img, layers)
+	if err != nil {
+		return nil, err
+	}
+	res := &IndexImageResult{Image: img, Layers: layers, Index: data, IndexDigest: digest.FromBytes(data)}
+	if push {
+		if err := s.pushIndex(ctx, ref, layers, data); err != nil {
+			return res, err
+		}
+		res.Pushed = true
+	}
+	return res, nil
+}
+
+// pushIndex pushes the zTOCs, the index's config and the SOCI v1 index to
+// the image's repository.
+func (s *Store) pushIndex(ctx context.Context, ref reference.Named, layers []ztoc.IndexLayer, index []byte) error {
+	for _, l := range layers {
+		data, err := s.local.ReadBlob(ctx, l.ZtocDigest)
+		if err != nil {
+			return err
+		}
+		if err := s.client.PushBlob(ctx, ref, l.ZtocDigest, int64(len(data)), bytes.NewReader(data)); err != nil {
+			return fmt.Errorf("push zTOC %s: %w", l.ZtocDigest, err)
+		}
+	}
+	if err := s.client.PushBlob(ctx, ref, ztoc.EmptyConfigDigest, int64(len(ztoc.EmptyConfig)), bytes.NewReader(ztoc.EmptyConfig)); err != nil {
+		return fmt.Errorf("push SOCI index config: %w", err)
+	}
+	if _, err := s.client.PushReferrer(ctx, ref, ocispec.MediaTypeImageManifest, index); err != nil {
+		return fmt.Errorf("push SOCI index: %w", err)
+	}
+	return nil
+}

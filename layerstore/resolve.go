@@ -1,0 +1,415 @@
+package layerstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/containers/image/v5/docker/reference"
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/sirupsen/logrus"
+
+	"github.com/lazypull/lazypull/layerstore/alsfs"
+	"github.com/lazypull/lazypull/layerstore/artifact"
+	"github.com/lazypull/lazypull/layerstore/remote"
+	"github.com/lazypull/lazypull/ztoc"
+)
+
+// Reasons a layer is not served (the host then pulls it normally).
+var (
+	// ErrNotServed is returned for layers lazypull leaves to the host: too
+	// small, not in the image, unsupported compression, no index.
+	ErrNotServed = errors.New("layerstore: layer not served lazily")
+	// ErrNoIndex is returned when no zTOC exists for a layer and none may
+	// be built now.
+	ErrNoIndex = errors.New("layerstore: no index for layer")
+)
+
+// TOCRefPrefix marks image references looked up by the containers/storage
+// plugin (storage_driver): their layers are identified by a pseudo TOC
+// digest in a namespace of their own (see infoJSON).
+const TOCRefPrefix = "lazypull-toc:"
+
+// Lookup implements alsfs.Resolver: it resolves the image, finds or builds
+// the layer's zTOC and returns the layer, or an error that makes the host
+// pull the layer itself.
+func (s *Store) Lookup(ctx context.Context, refStr string, dgst digest.Digest) (alsfs.Layer, error) {
+	start := time.Now()
+	identity := identityLegacy
+	if r, ok := strings.CutPrefix(refStr, TOCRefPrefix); ok {
+		identity, refStr = identityTOC, r
+	}
+	log := s.log.WithFields(logrus.Fields{"ref": refStr, "layer": dgst})
+	v, err := s.lookup(ctx, refStr, dgst, identity, log)
+	if err != nil {
+		s.metrics.lookups.WithLabelValues("not_served").Inc()
+		log.WithError(err).Info("Layer not served lazily; the host pulls it")
+		return nil, err
+	}
+	s.metrics.lookups.WithLabelValues("served").Inc()
+	log.WithFields(logrus.Fields{"source": v.l.source, "took": time.Since(start).Round(time.Millisecond)}).Info("Serving layer lazily")
+	return v, nil
+}
+
+func (s *Store) lookup(ctx context.Context, refStr string, dgst digest.Digest, identity layerIdentity, log *logrus.Entry) (layerView, error) {
+	if err := dgst.Validate(); err != nil {
+		return layerView{}, fmt.Errorf("%w: %w", ErrNotServed, err)
+	}
+	if refStr == "" {
+		// The store mounted without ":ref": only layers already known.
+		l := s.knownLayer(dgst)
+		if l == nil {
+			return layerView{}, fmt.Errorf("%w: unknown layer without an image reference", ErrNotServed)
+		}
+		return l.view(identity)
+	}
+	ref, err := reference.ParseNormalizedNamed(refStr)
+	if err != nil {
+		return layerView{}, fmt.Errorf("%w: image reference %q: %w", ErrNotServed, refStr, err)
+	}
+	// Every lookup proves, with the credentials of this pull, that the image
+	// can be read: cached artifacts never let anyone mount a private image.
+	img, err := s.resolveImage(ctx, ref)
+	if err != nil {
+		return layerView{}, err
+	}
+	var desc remote.Layer
+	found := false
+	for _, d := range img.Layers {
+		if d.Digest == dgst {
+			desc, found = d, true
+			break
+		}
+	}
+	if !found {
+		return layerView{}, fmt.Errorf("%w: %s is not a layer of %s", ErrNotServed, dgst, ref)
+	}
+	if desc.Size < int64(s.cfg.Index.MinLayerSize) {
+		return layerView{}, fmt.Errorf("%w: layer of %d bytes is below index.min_layer_size", ErrNotServed, desc.Size)
+	}
+	if !servableMediaType(desc.MediaType) {
+		return layerView{}, fmt.Errorf("%w: media type %s", ErrNotServed, desc.MediaType)
+	}
+	blob, err := s.client.Blob(ref, desc.Digest, desc.Size)
+	if err != nil {
+		return layerView{}, fmt.Errorf("layer blob: %w", err)
+	}
+	l, err := s.layerFor(ctx, ref, img, desc, blob, log)
+	if err != nil {
+		return layerView{}, err
+	}
+	l.addSource(ref, blob)
+	s.prefetch.add(l)
+	return l.view(identity)
+}
+
+// servableMediaType reports whether layers of this media type can be
+// indexed: gzip and uncompressed tar (Docker and OCI spellings).
+func servableMediaType(mt string) bool {
+	switch mt {
+	case ocispec.MediaTypeImageLayerGzip, ocispec.MediaTypeImageLayerNonDistributableGzip, //nolint:staticcheck // still seen in the wild
+		"application/vnd.docker.image.rootfs.diff.tar.gzip",
+		"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+		ocispec.MediaTypeImageLayer, "application/vnd.docker.image.rootfs.diff.tar":
+		return true
+	}
+	return false
+}
+
+// imageEntry is a resolved image, reused for the lookups of its layers.
+type imageEntry struct {
+	img     *remote.Image
+	expires time.Time
+}
+
+// resolveImage fetches manifest and config of ref, merging concurrent
+// resolutions of the same reference and reusing a result for
+// registry.resolve_cache_ttl.
+func (s *Store) resolveImage(ctx context.Context, ref reference.Named) (*remote.Image, error) {
+	key := ref.String()
+	s.mu.Lock()
+	if e, ok := s.images[key]; ok && time.Now().Before(e.expires) {
+		s.mu.Unlock()
+		return e.img, nil
+	}
+	s.mu.Unlock()
+	v, err, _ := s.imageSF.Do(key, func() (any, error) {
+		img, err := s.client.Resolve(ctx, ref)
+		if err != nil {
+			return nil, fmt.Errorf("resolve %s: %w", ref, err)
+		}
+		s.mu.Lock()
+		s.images[key] = &imageEntry{img: img, expires: time.Now().Add(time.Duration(s.cfg.Registry.ResolveCacheTTL))}
+		s.mu.Unlock()
+		return img, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*remote.Image), nil
+}
+
+// knownLayer returns a layer already served, or nil.
+func (s *Store) knownLayer(dgst digest.Digest) *layer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.layers[dgst]
+}
+
+// layerFor returns the served layer for desc, loading it (finding or
+// building its zTOC) once however many lookups ask at the same time.
+func (s *Store) layerFor(ctx context.Context, ref reference.Named, img *remote.Image, desc remote.Layer, blob *remote.Blob, log *logrus.Entry) (*layer, error) {
+	if l := s.knownLayer(desc.Digest); l != nil && l.bad.Load() == nil {
+		return l, nil
+	}
+	v, err, _ := s.layerSF.Do(desc.Digest.String(), func() (any, error) {
+		if l := s.knownLayer(desc.Digest); l != nil && l.bad.Load() == nil {
+			return l, nil
+		}
+		l, err := s.loadLayer(ctx, ref, img, desc, blob, log)
+		if err != nil {
+			return nil, err
+		}
+		s.mu.Lock()
+		s.layers[desc.Digest] = l
+		s.mu.Unlock()
+		return l, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*layer), nil
+}
+
+// loadLayer finds the layer's zTOC (local store, shared store, the image's
+// registry), or builds it, and opens it.
+func (s *Store) loadLayer(ctx context.Context, ref reference.Named, img *remote.Image, desc remote.Layer, blob *remote.Blob, log *logrus.Entry) (*layer, error) {
+	zd, source, err := s.findZtoc(ctx, ref, img, desc, log)
+	if errors.Is(err, ErrNoIndex) {
+		switch s.cfg.Index.OnDemand {
+		case "sync":
+			zd, err = s.buildLayerIndex(ctx, ref, img, desc, blob, log)
+			source = "built"
+		case "background":
+			s.buildInBackground(ref, img, desc, blob, log)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	l, err := s.openLayer(ctx, desc, zd, source, blob, log)
+	if err != nil {
+		// A zTOC that cannot be opened or does not fit the layer is dropped so
+		// the next lookup finds or builds another.
+		log.WithError(err).Warn("Dropping unusable index")
+		s.forgetZtoc(desc.Digest, zd)
+		return nil, err
+	}
+	if source == "built" {
+		// Built from the layer itself: digest and DiffID were checked while
+		// streaming, and every span went into the cache.
+		l.verified.Store(true)
+	}
+	return l, nil
+}
+
+// openLayer opens zTOC zd from the local store and checks it fits desc.
+func (s *Store) openLayer(ctx context.Context, desc remote.Layer, zd digest.Digest, source string, blob blobSource, log *logrus.Entry) (*layer, error) {
+	f, size, err := s.local.Open(zd)
+	if err != nil {
+		return nil, err
+	}
+	x, err := ztoc.OpenLayerIndex(f, size)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open zTOC %s: %w", zd, err)
+	}
+	if got := x.Ztoc().CompressedArchiveSize; got != desc.Size {
+		f.Close()
+		return nil, fmt.Errorf("zTOC %s describes %d compressed bytes, the layer has %d", zd, got, desc.Size)
+	}
+	l := s.newLayer(desc, zd, source, f, x, log.WithField("ztoc", zd))
+	// The bytes before span 0 (the gzip header) belong to no span: keep them.
+	if start, _ := x.SpanCompressedRange(0); start > 0 {
+		bufs, err := blob.ReadRanges(ctx, []remote.Range{{Offset: 0, Length: start}})
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("read layer header: %w", err)
+		}
+		l.header = bufs[0]
+	}
+	return l, nil
+}
+
+// findZtoc looks for the layer's zTOC: local store, shared store, the
+// image's own registry (SOCI v2 annotation, then v1 referrers). Whatever is
+// found elsewhere is copied into the local store.
+func (s *Store) findZtoc(ctx context.Context, ref reference.Named, img *remote.Image, desc remote.Layer, log *logrus.Entry) (digest.Digest, string, error) {
+	spanSize := int64(s.cfg.Index.SpanSize)
+	layerKey := artifact.LayerKey(desc.Digest, spanSize)
+	imageKey := artifact.ImageKey(img.ManifestDigest, spanSize)
+
+	// 1. Local store.
+	if zd, err := s.findIn(ctx, s.local, layerKey, imageKey, desc.Digest); err == nil {
+		return zd, "local", nil
+	} else if !errors.Is(err, artifact.ErrNotFound) {
+		log.WithError(err).Warn("Local artifact store")
+	}
+	// 2. The fleet's shared store.
+	if s.shared != nil {
+		zd, err := s.findIn(ctx, s.shared, layerKey, imageKey, desc.Digest)
+		if err == nil {
+			if err := s.copyToLocal(ctx, s.shared, zd, layerKey); err == nil {
+				return zd, "shared", nil
+			} else {
+				log.WithError(err).Warn("Copying zTOC from the shared artifact store failed")
+			}
+		} else if !errors.Is(err, artifact.ErrNotFound) {
+			log.WithError(err).Warn("Shared artifact store unavailable")
+		}
+	}
+	// 3. A SOCI index in the image's registry.
+	idx, err := s.registryIndex(ctx, ref, img)
+	if err != nil {
+		log.WithError(err).Debug("No SOCI index in the image's registry")
+	} else if zdesc, ok := idx.ZtocFor(desc.Digest); ok {
+		data, err := s.client.GetBlob(ctx, ref, zdesc.Digest)
+		if err != nil {
+			return "", "", fmt.Errorf("fetch zTOC %s: %w", zdesc.Digest, err)
+		}
+		if err := s.local.WriteBlob(ctx, zdesc.Digest, data); err != nil {
+			return "", "", err
+		}
+		if err := s.local.WriteRef(ctx, artifact.LayerRef, layerKey, zdesc.Digest); err != nil {
+			return "", "", err
+		}
+		return zdesc.Digest, "registry", nil
+	}
+	return "", "", ErrNoIndex
+}
+
+// findIn looks a layer's zTOC up in one backend: by layer, then through the
+// image's SOCI index.
+func (s *Store) findIn(ctx context.Context, b artifact.Backend, layerKey, imageKey string, layer digest.Digest) (digest.Digest, error) {
+	zd, err := b.ReadRef(ctx, artifact.LayerRef, layerKey)
+	if err == nil {
+		return zd, nil
+	}
+	if !errors.Is(err, artifact.ErrNotFound) {
+		return "", err
+	}
+	id, err := b.ReadRef(ctx, artifact.ImageRef, imageKey)
+	if err != nil {
+		return "", err
+	}
+	data, err := b.ReadBlob(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	idx, err := ztoc.ParseIndex(data)
+	if err != nil {
+		return "", fmt.Errorf("SOCI index %s: %w", id, err)
+	}
+	zdesc, ok := idx.ZtocFor(layer)
+	if !ok {
+		return "", fmt.Errorf("layer %s not in SOCI index %s: %w", layer, id, artifact.ErrNotFound)
+	}
+	return zdesc.Digest, nil
+}
+
+// copyToLocal copies zTOC zd from b into the local store and maps the layer
+// to it.
+func (s *Store) copyToLocal(ctx context.Context, b artifact.Backend, zd digest.Digest, layerKey string) error {
+	if _, err := s.local.ReadRef(ctx, artifact.LayerRef, layerKey); err == nil {
+		if f, _, err := s.local.Open(zd); err == nil {
+			f.Close()
+			return nil
+		}
+	}
+	data, err := b.ReadBlob(ctx, zd)
+	if err != nil {
+		return err
+	}
+	if err := s.local.WriteBlob(ctx, zd, data); err != nil {
+		return err
+	}
+	return s.local.WriteRef(ctx, artifact.LayerRef, layerKey, zd)
+}
+
+// registryIndex finds a SOCI index for img in its registry, once per image
+// manifest (the answer, found or not, is kept while the image is cached):
+// the v2 annotation on the manifest, else v1 referrers (the OCI referrers
+// API, or the sha256-<hex> tag fallback).
+func (s *Store) registryIndex(ctx context.Context, ref reference.Named, img *remote.Image) (*ztoc.Index, error) {
+	key := img.ManifestDigest.String()
+	v, err, _ := s.indexSF.Do(key, func() (any, error) {
+		s.mu.Lock()
+		e, ok := s.registryIndexes[key]
+		s.mu.Unlock()
+		if ok && time.Now().Before(e.expires) {
+			return e, nil
+		}
+		e = s.searchRegistryIndex(ctx, ref, img)
+		e.expires = time.Now().Add(time.Duration(s.cfg.Registry.ResolveCacheTTL))
+		s.mu.Lock()
+		s.registryIndexes[key] = e
+		s.mu.Unlock()
+		return e, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	e := v.(*registryIndexEntry)
+	return e.idx, e.err
+}
+
+type registryIndexEntry struct {
+	idx     *ztoc.Index
+	err     error
+	expires time.Time
+}
+
+func (s *Store) searchRegistryIndex(ctx context.Context, ref reference.Named, img *remote.Image) *registryIndexEntry {
+	var tried []string
+	// SOCI v2: the image manifest names its index.
+	if d, ok := img.Annotations[ztoc.AnnotationSociIndexDigest]; ok {
+		if idx, err := s.fetchSociIndex(ctx, ref, digest.Digest(d)); err == nil {
+			return &registryIndexEntry{idx: idx}
+		} else {
+			tried = append(tried, fmt.Sprintf("v2 index %s: %v", d, err))
+		}
+	}
+	// SOCI v1: referrers of the image manifest.
+	refs, err := s.client.Referrers(ctx, ref, img.ManifestDigest, ztoc.MediaTypeSociIndexV1)
+	if err != nil {
+		tried = append(tried, fmt.Sprintf("referrers: %v", err))
+	}
+	for _, d := range ztoc.SelectSociV1Indexes(refs) {
+		idx, err := s.fetchSociIndex(ctx, ref, d.Digest)
+		if err == nil {
+			return &registryIndexEntry{idx: idx}
+		}
+		tried = append(tried, fmt.Sprintf("v1 index %s: %v", d.Digest, err))
+	}
+	if len(tried) == 0 {
+		return &registryIndexEntry{err: fmt.Errorf("%w: the registry has no SOCI index for %s", ErrNoIndex, img.ManifestDigest)}
+	}
+	return &registryIndexEntry{err: fmt.Errorf("%w: %s", ErrNoIndex, strings.Join(tried, "; "))}
+}
+
+func (s *Store) fetchSociIndex(ctx context.Context, ref reference.Named, d digest.Digest) (*ztoc.Index, error) {
+	_, data, err := s.client.GetManifest(ctx, ref, d.String())
+	if err != nil {
+		return nil, err
+	}
+	return ztoc.ParseIndex(data)
+}
+
+// forgetZtoc drops a zTOC that turned out unusable or wrong.
+func (s *Store) forgetZtoc(layer, zd digest.Digest) {
+	_ = s.local.DeleteBlob(zd)
+	_ = s.local.DeleteRef(artifact.LayerRef, artifact.LayerKey(layer, int64(s.cfg.Index.SpanSize)))
+}

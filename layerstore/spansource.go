@@ -1,0 +1,254 @@
+package layerstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/lazypull/lazypull/layerstore/remote"
+	"github.com/lazypull/lazypull/layerstore/spancache"
+	"github.com/lazypull/lazypull/ztoc"
+)
+
+// blobSource reads byte ranges of one layer blob from a registry. remote.Blob
+// implements it; tests substitute fakes for faults a registry cannot produce
+// on demand.
+type blobSource interface {
+	ReadRanges(ctx context.Context, ranges []remote.Range) ([][]byte, error)
+}
+
+// spanSource gives ztoc.Reader the compressed spans of one layer: from the
+// on-disk span cache (verified on every load; a bad entry is dropped), else
+// from the registry, every run of missing spans in one range request. A span
+// is fetched once however many readers want it at the same time.
+type spanSource struct {
+	layer *layer
+	x     *ztoc.LayerIndex
+	cache *spancache.Cache
+	log   *logrus.Entry
+	// demand counts on-demand fetches in flight, daemon-wide; the prefetcher
+	// pauses while it is not zero.
+	demand *atomic.Int64
+
+	// blobs returns the registry sources of the layer, preferred first.
+	blobs func() []blobSource
+
+	mu      sync.Mutex // guards flights
+	flights map[ztoc.SpanID]*spanFlight
+
+	fetchedBytes atomic.Int64 // compressed bytes received from registries
+	fetchedSpans atomic.Int64
+	cacheHits    atomic.Int64
+	badCached    atomic.Int64 // cache entries that failed verification
+}
+
+type spanFlight struct {
+	done chan struct{}
+	data []byte
+	err  error
+}
+
+var _ ztoc.SpanSource = (*spanSource)(nil)
+
+// FetchSpans implements ztoc.SpanSource for reads on demand.
+func (s *spanSource) FetchSpans(ctx context.Context, first, last ztoc.SpanID) ([][]byte, error) {
+	return s.fetch(ctx, first, last, true)
+}
+
+// fetch returns spans first..last. onDemand marks reads a container waits
+// for (the prefetcher yields to them).
+func (s *spanSource) fetch(ctx context.Context, first, last ztoc.SpanID, onDemand bool) ([][]byte, error) {
+	out := make([][]byte, last-first+1)
+	var missing []ztoc.SpanID
+	for id := first; id <= last; id++ {
+		if data, ok := s.cached(id); ok {
+			out[id-first] = data
+			continue
+		}
+		missing = append(missing, id)
+	}
+	if len(missing) == 0 {
+		return out, nil
+	}
+	if onDemand {
+		s.demand.Add(1)
+		defer s.demand.Add(-1)
+	}
+
+	// Claim the spans nobody is fetching; wait for the others.
+	own := make(map[ztoc.SpanID]*spanFlight)
+	wait := make(map[ztoc.SpanID]*spanFlight)
+	s.mu.Lock()
+	for _, id := range missing {
+		if f, ok := s.flights[id]; ok {
+			wait[id] = f
+			continue
+		}
+		f := &spanFlight{done: make(chan struct{})}
+		s.flights[id] = f
+		own[id] = f
+	}
+	s.mu.Unlock()
+
+	var firstErr error
+	if len(own) > 0 {
+		// Detached from the caller's cancellation: others may wait for these
+		// spans too, and a fetched span is worth caching anyway.
+		fctx := context.WithoutCancel(ctx)
+		if err := s.fetchOwned(fctx, own); err != nil {
+			firstErr = err
+		}
+		for id, f := range own {
+			if id >= first && id <= last {
+				out[id-first] = f.data
+			}
+		}
+	}
+	for id, f := range wait {
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if f.err != nil && firstErr == nil {
+			firstErr = f.err
+		}
+		out[id-first] = f.data
+	}
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	return out, nil
+}
+
+// cached returns span id from the disk cache when it is there and intact.
+func (s *spanSource) cached(id ztoc.SpanID) ([]byte, bool) {
+	k := spancache.Key{Layer: s.layer.digest, Span: int32(id)}
+	data, err := s.cache.Get(k)
+	if err != nil {
+		if !errors.Is(err, spancache.ErrNotFound) {
+			s.log.WithError(err).WithField("span", id).Warn("Span cache read failed")
+		}
+		return nil, false
+	}
+	if err := s.x.VerifySpan(id, data); err != nil {
+		s.badCached.Add(1)
+		s.log.WithError(err).WithField("span", id).Warn("Dropping corrupt span cache entry")
+		_ = s.cache.Remove(k)
+		return nil, false
+	}
+	s.cacheHits.Add(1)
+	return data, true
+}
+
+// fetchOwned fetches the claimed spans from the registry (contiguous runs as
+// single ranges, all runs in one ReadRanges call), verifies and caches them,
+// and lands every flight.
+func (s *spanSource) fetchOwned(ctx context.Context, own map[ztoc.SpanID]*spanFlight) error {
+	ids := make([]ztoc.SpanID, 0, len(own))
+	for id := range own {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	type run struct{ a, b ztoc.SpanID }
+	var runs []run
+	for _, id := range ids {
+		if n := len(runs); n > 0 && runs[n-1].b+1 == id {
+			runs[n-1].b = id
+		} else {
+			runs = append(runs, run{id, id})
+		}
+	}
+	ranges := make([]remote.Range, len(runs))
+	for i, r := range runs {
+		c0, _ := s.x.SpanCompressedRange(r.a)
+		_, c1 := s.x.SpanCompressedRange(r.b)
+		ranges[i] = remote.Range{Offset: c0, Length: c1 - c0}
+	}
+	bufs, err := s.readRanges(ctx, ranges)
+	var firstErr error
+	for i, r := range runs {
+		var spans [][]byte
+		if err == nil {
+			spans = ztoc.SplitSpans(s.x, r.a, r.b, bufs[i])
+		}
+		for id := r.a; id <= r.b; id++ {
+			f := own[id]
+			if err != nil {
+				f.err = fmt.Errorf("fetch span %d of %s: %w", id, s.layer.digest, err)
+			} else {
+				f.data, f.err = s.accept(ctx, id, spans[id-r.a])
+			}
+			if f.err != nil && firstErr == nil {
+				firstErr = f.err
+			}
+		}
+	}
+	s.mu.Lock()
+	for id, f := range own {
+		delete(s.flights, id)
+		close(f.done)
+	}
+	s.mu.Unlock()
+	return firstErr
+}
+
+// accept verifies a span fetched from the registry and caches it. A span that
+// does not match its digest is fetched once more on its own (a transfer
+// problem); a second mismatch means the index or the registry's blob is not
+// what the image says, and the layer is marked bad.
+func (s *spanSource) accept(ctx context.Context, id ztoc.SpanID, data []byte) ([]byte, error) {
+	err := s.x.VerifySpan(id, data)
+	if err != nil {
+		c0, c1 := s.x.SpanCompressedRange(id)
+		bufs, rerr := s.readRanges(ctx, []remote.Range{{Offset: c0, Length: c1 - c0}})
+		if rerr != nil {
+			return nil, fmt.Errorf("refetch span %d of %s: %w", id, s.layer.digest, rerr)
+		}
+		data = bufs[0]
+		if err = s.x.VerifySpan(id, data); err != nil {
+			s.layer.markBad(fmt.Sprintf("span %d from the registry does not match its digest twice", id))
+			return nil, fmt.Errorf("fetch span %d of %s: %w", id, s.layer.digest, err)
+		}
+	}
+	s.fetchedSpans.Add(1)
+	s.store(id, data)
+	return data, nil
+}
+
+// readRanges asks the layer's registry sources in turn.
+func (s *spanSource) readRanges(ctx context.Context, ranges []remote.Range) ([][]byte, error) {
+	var errs []error
+	for _, b := range s.blobs() {
+		bufs, err := b.ReadRanges(ctx, ranges)
+		if err == nil {
+			for _, buf := range bufs {
+				s.fetchedBytes.Add(int64(len(buf)))
+			}
+			return bufs, nil
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if len(errs) == 0 {
+		return nil, errors.New("no registry source for the layer")
+	}
+	return nil, errors.Join(errs...)
+}
+
+// store writes a verified span to the disk cache; a full cache or a write
+// error only costs a refetch later.
+func (s *spanSource) store(id ztoc.SpanID, data []byte) {
+	err := s.cache.Put(spancache.Key{Layer: s.layer.digest, Span: int32(id)}, data)
+	if err != nil && !errors.Is(err, spancache.ErrFull) {
+		s.log.WithError(err).WithField("span", id).Warn("Could not cache span")
+	}
+}
+

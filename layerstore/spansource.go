@@ -251,4 +251,3 @@ func (s *spanSource) store(id ztoc.SpanID, data []byte) {
 		s.log.WithError(err).WithField("span", id).Warn("Could not cache span")
 	}
 }
-

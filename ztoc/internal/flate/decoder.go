@@ -59,7 +59,10 @@ const (
 )
 
 // Decoder decompresses a raw deflate or gzip stream. It is an io.Reader and
-// an io.WriterTo. A Decoder is not safe for concurrent use.
+// an io.WriterTo. Make one with NewGzip, NewRaw, ResumeGzip or ResumeRaw; the
+// zero value is not usable. A Decoder is not safe for concurrent use. Its
+// buffers (about 1.3 MiB) go back to a pool once the stream ended or failed
+// and all output was read.
 type Decoder struct {
 	r    io.Reader
 	gzip bool

@@ -65,8 +65,21 @@ func (d *Decoder) inflateFast() bool {
 			if e&flagSub != 0 {
 				e = lt[(e>>valueShift+uint32(bb>>litPrimaryBits)&(1<<(e>>entryLenShift&15)-1))&(litTableSize-1)]
 			}
-			if int32(e) < 0 {
-				n := e & entryTotalMask
+			if int32(e) >= 0 {
+				continue
+			}
+			n = e & entryTotalMask
+			bb >>= n
+			nb -= uint(n)
+			out[w] = byte(e >> valueShift)
+			w++
+			// A third one if its code happens to fit in the bits left (a
+			// code whose length is at most nb was looked up with valid bits).
+			e = lt[bb&litMask]
+			if e&flagSub != 0 {
+				e = lt[(e>>valueShift+uint32(bb>>litPrimaryBits)&(1<<(e>>entryLenShift&15)-1))&(litTableSize-1)]
+			}
+			if n = e & entryTotalMask; int32(e) < 0 && uint(n) <= nb {
 				bb >>= n
 				nb -= uint(n)
 				out[w] = byte(e >> valueShift)

@@ -1,0 +1,6 @@
+package register
+
+import (
+	// register vfs
+	_ "github.com/containers/storage/drivers/vfs"
+)

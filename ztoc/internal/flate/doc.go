@@ -15,7 +15,9 @@
 // handed to OnBoundary are contiguous.
 //
 // Errors are the sentinels ErrCorrupt, ErrChecksum, ErrTruncated and
-// ErrCheckpoint, wrapped with context. This package cannot import its parent
-// (import cycle); package ztoc maps them to its own ErrCorruptStream,
-// ErrChecksum and ErrTruncated.
+// ErrCheckpoint, wrapped with context; errors of the io.Reader and of the
+// OnBoundary callback are passed through, wrapped. This package cannot import
+// its parent (import cycle); package ztoc maps the first three to its own
+// ErrCorruptStream, ErrChecksum and ErrTruncated (and ErrCheckpoint, a bad
+// checkpoint read from a zTOC, to ErrMalformed).
 package flate

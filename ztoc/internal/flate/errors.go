@@ -16,6 +16,7 @@ var (
 	// ErrTruncated.
 	ErrTruncated = errors.New("flate: truncated compressed stream")
 	// ErrCheckpoint is returned by ResumeGzip and ResumeRaw for checkpoint
-	// arguments that cannot describe a position in a stream.
+	// arguments that cannot describe a position in a stream (Bits > 7,
+	// negative offsets). Package ztoc would map it to ErrMalformed.
 	ErrCheckpoint = errors.New("flate: invalid checkpoint")
 )

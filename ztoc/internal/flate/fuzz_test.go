@@ -194,3 +194,87 @@ func flushedGzip(t *testing.T, data []byte, level, every int) []byte {
 	}
 	return b.Bytes()
 }
+
+// FuzzDynamicBlock builds a dynamic block whose code lengths come from the
+// fuzzer (so that table construction sees arbitrary complete, incomplete and
+// over-subscribed codes, and deep subtables), followed by fuzzed body bits,
+// and compares with compress/flate.
+func FuzzDynamicBlock(f *testing.F) {
+	f.Add(uint8(0), uint8(0), []byte{1, 2, 2}, []byte{0xff, 0x00})
+	f.Add(uint8(29), uint8(29), bytes.Repeat([]byte{9}, 400), []byte("body bits"))
+	f.Add(uint8(2), uint8(3), []byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 15}, []byte{0x12, 0x34, 0x56})
+	f.Add(uint8(40), uint8(9), []byte{0, 1, 2, 3, 0, 0, 7, 200, 31, 9, 9, 9, 9, 100, 3, 1, 2}, []byte("some body bits..."))
+	f.Fuzz(func(t *testing.T, hlit, hdist uint8, lens, body []byte) {
+		nlit, ndist := 257+int(hlit%30), 1+int(hdist%32)
+		all := make([]uint8, nlit+ndist)
+		if hlit >= 30 {
+			// Complete codes (with an end-of-block code), shaped by lens.
+			completeLens(all[:nlit], eobSym, int(hlit), lens)
+			completeLens(all[nlit:], 0, int(hdist), lens[len(lens)/2:])
+		} else {
+			for i := range all {
+				if i < len(lens) {
+					all[i] = lens[i] % 16
+				}
+			}
+		}
+		var w bitWriter
+		w.bits(1, 1)
+		w.bits(2, 2)
+		w.bits(uint64(nlit-257), 5)
+		w.bits(uint64(ndist-1), 5)
+		w.bits(19-4, 4)
+		for _, s := range clOrder {
+			w.bits(uint64(flatCL[s]), 3)
+		}
+		clCodes := canonical(flatCL[:])
+		for _, l := range all {
+			w.code(clCodes[l], 4)
+		}
+		comp := append(w.bytes(), body...)
+		want, stdErr := stdInflate(comp)
+		got, err := io.ReadAll(NewRaw(bytes.NewReader(comp)))
+		if stdErr == nil && (err != nil || !bytes.Equal(got, want)) {
+			t.Fatalf("compress/flate decodes %d bytes; we got %d bytes, %v", len(want), len(got), err)
+		}
+		if stdErr != nil && err == nil {
+			t.Fatalf("compress/flate fails (%v); we decoded %d bytes without error", stdErr, len(got))
+		}
+		if err != nil && !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrTruncated) {
+			t.Fatalf("error %v is neither ErrCorrupt nor ErrTruncated", err)
+		}
+	})
+}
+
+// completeLens sets lens to the code lengths of a complete prefix code with
+// at most 15 bits: the leaves of a binary tree grown by splitting the leaf
+// that each shape byte picks. The first leaf goes to symbol first, the
+// others to the next free symbols from offset. A single symbol gets the
+// one-bit code.
+func completeLens(lens []uint8, first, offset int, shape []byte) {
+	for i := range lens {
+		lens[i] = 0
+	}
+	if len(lens) < 2 {
+		lens[0] = 1 // the one-code code RFC 1951 allows
+		return
+	}
+	depths := []uint8{1, 1}
+	for _, b := range shape {
+		if len(depths) >= len(lens) {
+			break
+		}
+		if j := int(b) % len(depths); depths[j] < 15 {
+			depths[j]++
+			depths = append(depths, depths[j])
+		}
+	}
+	lens[first%len(lens)] = depths[0]
+	s := offset
+	for _, d := range depths[1:] {
+		for s%len(lens) == first%len(lens) || lens[s%len(lens)] != 0 {
+			s++
+		}
+		lens[s%len(lens)] = d
+	}
+}

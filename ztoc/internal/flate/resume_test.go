@@ -77,6 +77,7 @@ func TestResumeEveryBoundary(t *testing.T) {
 	if len(cps) < 25 {
 		t.Fatalf("only %d boundaries: the test needs a stream with many blocks", len(cps))
 	}
+	crossing := 0
 	step := 1
 	if testing.Short() || raceEnabled {
 		step = 5
@@ -120,7 +121,17 @@ func TestResumeEveryBoundary(t *testing.T) {
 		// header) without a checkpoint at the member start.
 		if i+4 < len(cps) {
 			checkSpan(t, stream, data, cp, cps[i+4])
+			for _, c := range full.cps {
+				if c.Final && c.In > cp.In && c.In < cps[i+4].In && !cps[i+4].MemberStart {
+					crossing++
+					break
+				}
+			}
 		}
+	}
+	t.Logf("%d resumable boundaries, %d spans checked across a member end", len(cps), crossing)
+	if crossing == 0 {
+		t.Error("no checked span crosses a member end mid-way")
 	}
 }
 

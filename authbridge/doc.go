@@ -33,7 +33,10 @@
 // (or the time the request was sent) plus expires_in (60 s when absent). No
 // request starts with a token that has less than RefreshMargin left:
 // max(10 s, 20 % of its lifetime), capped at half the lifetime for tokens
-// shorter than 20 s. Transport.EnsureFresh lets a prefetcher demand more.
+// shorter than 20 s. Transport.EnsureFresh lets a prefetcher demand more;
+// Transport.Reauthenticate drops the token so that the next request proves
+// access with the credentials as they are now (after `podman logout`, a
+// cached token would otherwise keep working until its refresh margin).
 // Concurrent fetches for one registry, scope and credential source are merged
 // into one. A rejection (401, ECR-style 403 "expired", S3-style 400
 // ExpiredToken) drops the token, fetches a new one and retries once if the

@@ -114,14 +114,12 @@ func (t *Transport) authorize(ctx context.Context, minValidity time.Duration, re
 	m := t.m
 	hs := m.host(t.host)
 	source := m.credentialSource(t.ref.String())
-	var key string
+	key := t.tokenKey(hs, source)
 	var fetch func(context.Context) (*token, error)
 	switch hs.auth.scheme {
 	case schemeBearer:
-		key = "bearer\x00" + t.host + "\x00" + hs.auth.realm.String() + "\x00" + hs.auth.service + "\x00" + t.scope + "\x00" + source
 		fetch = func(ctx context.Context) (*token, error) { return m.fetchBearer(ctx, t, hs.auth, source) }
 	case schemeBasic:
-		key = "basic\x00" + t.host + "\x00" + reference.Path(t.ref) + "\x00" + source
 		fetch = func(context.Context) (*token, error) { return m.fetchBasic(t, source) }
 	default:
 		return authUse{}, nil
@@ -131,6 +129,35 @@ func (t *Transport) authorize(ctx context.Context, minValidity time.Duration, re
 		return authUse{}, err
 	}
 	return authUse{key: key, id: tok.id, header: tok.header}, nil
+}
+
+// tokenKey is the cache key of the tokens t's requests use with the host
+// state hs and credentials from source ("" when the host needs none).
+func (t *Transport) tokenKey(hs hostState, source string) string {
+	switch hs.auth.scheme {
+	case schemeBearer:
+		return "bearer\x00" + t.host + "\x00" + hs.auth.realm.String() + "\x00" + hs.auth.service + "\x00" + t.scope + "\x00" + source
+	case schemeBasic:
+		return "basic\x00" + t.host + "\x00" + reference.Path(t.ref) + "\x00" + source
+	}
+	return ""
+}
+
+// Reauthenticate drops the token (or Basic credentials) t's next request
+// would start with, so that it obtains a new one with the credentials as they
+// are now. Tokens are otherwise used until their refresh margin, so without
+// this a lookup right after `podman logout`, or after another user logged
+// in, would still prove access with a token obtained before. Requests in
+// flight are not affected; Transports sharing the token fetch a new one too.
+func (t *Transport) Reauthenticate() {
+	m := t.m
+	key := t.tokenKey(m.host(t.host), m.credentialSource(t.ref.String()))
+	if key == "" {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.tokens, key)
 }
 
 // RoundTrip sends req, adding Authorization when req goes to the registry

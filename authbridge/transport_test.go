@@ -526,3 +526,34 @@ func TestPlainHTTPRealmRefused(t *testing.T) {
 		t.Errorf("token requests = %d, want 0", got)
 	}
 }
+
+// TestReauthenticate: a token obtained with credentials that are gone since
+// (podman logout) is still used until its refresh margin; after
+// Reauthenticate the next request proves access with the credentials as they
+// are now and is refused.
+func TestReauthenticate(t *testing.T) {
+	pw := secret("alice", "s3cr3t-reauth")
+	r := newRegistry(t, registryConfig{lifetime: time.Minute})
+	r.ts.AddUser("alice", pw, map[string][]string{"team/app": {"pull"}})
+	e := newUserEnv(t)
+	authFile := filepath.Join(e.configHome, "containers", "auth.json")
+	writeFile(t, authFile, authJSON(map[string]authEntry{r.proxy.Host(): {"alice", pw, ""}}, nil))
+	m := newManager(t, e.options())
+	tr := m.Transport(r.ref(t, "team/app"), []string{"pull"}, nil)
+	tr.Reauthenticate() // nothing known about the host yet: nothing to drop
+
+	r.mustGet(t, tr, "team/app")
+	writeFile(t, authFile, authJSON(nil, nil))
+	r.mustGet(t, tr, "team/app")
+	if got := r.ts.Stats().Issued; got != 1 {
+		t.Errorf("tokens issued before Reauthenticate = %d, want 1 (the cached one is used)", got)
+	}
+	tr.Reauthenticate()
+	status, _, err := get(context.Background(), tr, r.blobURL("team/app"), "bytes=0-1")
+	if !errors.Is(err, ErrUnauthorized) {
+		t.Errorf("GET after logout and Reauthenticate: status %d, err %v; want %v", status, err, ErrUnauthorized)
+	}
+	if got := r.proxy.Stats().Denied; got == 0 {
+		t.Errorf("registry refusals for insufficient scope = %d, want > 0 (anonymous token)", got)
+	}
+}

@@ -27,6 +27,7 @@ const (
 type prefetchState struct {
 	status   string // "", "waiting", "running", "done", "stopped: ...", "failed: ..."
 	claimed  []bool // spans a worker is fetching
+	fetched  []bool // spans fetched by finished batches
 	failures int
 	retryAt  time.Time
 	bytes    int64
@@ -90,7 +91,7 @@ func (p *prefetcher) add(l *layer) {
 		l.mu.Unlock()
 		return
 	}
-	l.pf = prefetchState{status: "waiting", claimed: make([]bool, l.x.NumSpans()), started: time.Now()}
+	l.pf = prefetchState{status: "waiting", claimed: make([]bool, l.x.NumSpans()), fetched: make([]bool, l.x.NumSpans()), started: time.Now()}
 	l.mu.Unlock()
 	p.mu.Lock()
 	p.active = append(p.active, l)
@@ -292,6 +293,20 @@ func (p *prefetcher) run(bt *batch) {
 			l.mu.Unlock()
 			p.remove(l)
 			return
+		}
+		// Spans of earlier batches evicted to make room for these: the
+		// layer does not fit the cache, and going on would fetch it round
+		// and round.
+		for id, f := range st.fetched {
+			if f && !l.s.spans.Has(spancache.Key{Layer: l.digest, Span: int32(id)}) {
+				st.status = "stopped: span cache too small for the layer"
+				l.mu.Unlock()
+				p.remove(l)
+				return
+			}
+		}
+		for id := bt.a; id <= bt.b; id++ {
+			st.fetched[id] = true
 		}
 	case p.ctx.Err() != nil:
 	default:

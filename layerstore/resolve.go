@@ -125,9 +125,9 @@ type imageEntry struct {
 	expires time.Time
 }
 
-// resolveImage fetches manifest and config of ref, merging concurrent
-// resolutions of the same reference and reusing a result for
-// registry.resolve_cache_ttl.
+// resolveImage fetches manifest and config of ref with the credentials as
+// they are now (no token obtained earlier), merging concurrent resolutions
+// of the same reference and reusing a result for registry.resolve_cache_ttl.
 func (s *Store) resolveImage(ctx context.Context, ref reference.Named) (*remote.Image, error) {
 	key := ref.String()
 	s.mu.Lock()
@@ -137,6 +137,11 @@ func (s *Store) resolveImage(ctx context.Context, ref reference.Named) (*remote.
 	}
 	s.mu.Unlock()
 	v, err, _ := s.imageSF.Do(key, func() (any, error) {
+		// Prove access with the credentials as they are now, not with a
+		// token obtained before a logout or another user's login.
+		if err := s.client.Reauthenticate(ref); err != nil {
+			return nil, fmt.Errorf("resolve %s: %w", ref, err)
+		}
 		img, err := s.client.Resolve(ctx, ref)
 		if err != nil {
 			return nil, fmt.Errorf("resolve %s: %w", ref, err)
@@ -202,10 +207,6 @@ func (s *Store) loadLayer(ctx context.Context, ref reference.Named, img *remote.
 	}
 	l, err := s.openLayer(ctx, desc, zd, source, blob, log)
 	if err != nil {
-		// A zTOC that cannot be opened or does not fit the layer is dropped so
-		// the next lookup finds or builds another.
-		log.WithError(err).Warn("Dropping unusable index")
-		s.forgetZtoc(desc.Digest, zd)
 		return nil, err
 	}
 	if source == "built" {
@@ -216,20 +217,27 @@ func (s *Store) loadLayer(ctx context.Context, ref reference.Named, img *remote.
 	return l, nil
 }
 
-// openLayer opens zTOC zd from the local store and checks it fits desc.
+// openLayer opens zTOC zd from the local store and checks it fits desc. A
+// zTOC that cannot be decoded or does not fit the layer is dropped so the
+// next lookup finds or builds another; one that merely could not be used now
+// (the registry failed to send the layer's header) is kept.
 func (s *Store) openLayer(ctx context.Context, desc remote.Layer, zd digest.Digest, source string, blob blobSource, log *logrus.Entry) (*layer, error) {
 	f, size, err := s.local.Open(zd)
 	if err != nil {
 		return nil, err
 	}
+	unusable := func(err error) (*layer, error) {
+		f.Close()
+		log.WithError(err).Warn("Dropping unusable index")
+		s.forgetZtoc(desc.Digest, zd)
+		return nil, err
+	}
 	x, err := ztoc.OpenLayerIndex(f, size)
 	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("open zTOC %s: %w", zd, err)
+		return unusable(fmt.Errorf("open zTOC %s: %w", zd, err))
 	}
 	if got := x.Ztoc().CompressedArchiveSize; got != desc.Size {
-		f.Close()
-		return nil, fmt.Errorf("zTOC %s describes %d compressed bytes, the layer has %d", zd, got, desc.Size)
+		return unusable(fmt.Errorf("zTOC %s describes %d compressed bytes, the layer has %d", zd, got, desc.Size))
 	}
 	l := s.newLayer(desc, zd, source, f, x, log.WithField("ztoc", zd))
 	// The bytes before span 0 (the gzip header) belong to no span: keep them.
@@ -252,10 +260,17 @@ func (s *Store) findZtoc(ctx context.Context, ref reference.Named, img *remote.I
 	layerKey := artifact.LayerKey(desc.Digest, spanSize)
 	imageKey := artifact.ImageKey(img.ManifestDigest, spanSize)
 
-	// 1. Local store.
-	if zd, err := s.findIn(ctx, s.local, layerKey, imageKey, desc.Digest); err == nil {
-		return zd, "local", nil
-	} else if !errors.Is(err, artifact.ErrNotFound) {
+	// 1. Local store. An image's SOCI index may name a zTOC evicted since.
+	zd, err := s.findIn(ctx, s.local, layerKey, imageKey, desc.Digest)
+	if err == nil {
+		f, _, oerr := s.local.Open(zd)
+		if oerr == nil {
+			f.Close()
+			return zd, "local", nil
+		}
+		err = oerr
+	}
+	if !errors.Is(err, artifact.ErrNotFound) {
 		log.WithError(err).Warn("Local artifact store")
 	}
 	// 2. The fleet's shared store.

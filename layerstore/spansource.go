@@ -244,10 +244,19 @@ func (s *spanSource) readRanges(ctx context.Context, ranges []remote.Range) ([][
 }
 
 // store writes a verified span to the disk cache; a full cache or a write
-// error only costs a refetch later.
+// error only costs a refetch later. Spans of a layer found bad are not kept:
+// markBad sets the flag before it drops the layer's spans, so a span that
+// lands meanwhile is removed here.
 func (s *spanSource) store(id ztoc.SpanID, data []byte) {
-	err := s.cache.Put(spancache.Key{Layer: s.layer.digest, Span: int32(id)}, data)
+	if s.layer.bad.Load() != nil {
+		return
+	}
+	k := spancache.Key{Layer: s.layer.digest, Span: int32(id)}
+	err := s.cache.Put(k, data)
 	if err != nil && !errors.Is(err, spancache.ErrFull) {
 		s.log.WithError(err).WithField("span", id).Warn("Could not cache span")
+	}
+	if err == nil && s.layer.bad.Load() != nil {
+		_ = s.cache.Remove(k)
 	}
 }

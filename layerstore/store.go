@@ -210,12 +210,9 @@ func (s *Store) Release(ref string, dgst digest.Digest) {
 
 // dropLayer forgets a layer found bad: its index and cached spans go, so a
 // later lookup starts from scratch; reads of the old object keep failing.
+// The layer stays listed (status shows why it is bad) until a lookup
+// replaces it.
 func (s *Store) dropLayer(l *layer) {
-	s.mu.Lock()
-	if s.layers[l.digest] == l {
-		delete(s.layers, l.digest)
-	}
-	s.mu.Unlock()
 	s.prefetch.remove(l)
 	s.memSpans.Drop(l.x)
 	if err := s.spans.RemoveLayer(l.digest); err != nil {

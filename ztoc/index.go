@@ -77,8 +77,12 @@ func NewLayerIndex(z *Ztoc, checkpoints io.ReaderAt, size int64) (*LayerIndex, e
 		if err != nil {
 			return nil, err
 		}
-		if spanSize <= 0 || tarSize != z.UncompressedArchiveSize || tarSize != z.CompressedArchiveSize {
-			return nil, fmt.Errorf("%w: tar span info (span %d, size %d) does not match the archive (%d)", ErrMalformed, spanSize, tarSize, z.UncompressedArchiveSize)
+		// The spans cover the whole blob; SOCI's uncompressed archive size
+		// stops at the tar end-of-archive marker, so it is smaller when
+		// zero records follow (GNU tar pads to 10 KiB records).
+		if spanSize <= 0 || tarSize != z.CompressedArchiveSize || z.UncompressedArchiveSize > tarSize {
+			return nil, fmt.Errorf("%w: tar span info (span %d, size %d) does not match the archive (%d bytes, %d up to the end of the tar)",
+				ErrMalformed, spanSize, tarSize, z.CompressedArchiveSize, z.UncompressedArchiveSize)
 		}
 		x.tarSpanSize = spanSize
 		x.nspans = int((tarSize + spanSize - 1) / spanSize)
@@ -132,9 +136,12 @@ func (x *LayerIndex) SpanUncompressedRange(id SpanID) (start, end int64) {
 // [0, NumSpans)).
 func (x *LayerIndex) spanRanges(id SpanID) (c0, c1, u0, u1 int64) {
 	if x.cps == nil {
-		u0 = int64(id) * x.tarSpanSize
-		u1 = min(u0+x.tarSpanSize, x.z.UncompressedArchiveSize)
-		return u0, u1, u0, u1
+		// Fixed slices of the blob; only the part before the uncompressed
+		// archive size is served.
+		c0 = int64(id) * x.tarSpanSize
+		c1 = min(c0+x.tarSpanSize, x.z.CompressedArchiveSize)
+		size := x.z.UncompressedArchiveSize
+		return c0, c1, min(c0, size), min(c1, size)
 	}
 	c0, c1, u0, u1, _ = x.cps.SpanRanges(id, x.z.CompressedArchiveSize, x.z.UncompressedArchiveSize)
 	return c0, c1, u0, u1

@@ -21,11 +21,19 @@ type Auth interface {
 }
 
 // AuthFunc returns the Auth for requests about ref with the given actions
-// ("pull", or "pull" and "push"). base is the client's shared transport
-// (connection pool, per-registry TLS settings); the returned Auth must send
-// its requests through it. The client caches the result per repository and
-// action set.
+// ("pull", or "pull" and "push"). ref is the image reference as the caller
+// gave it, tag or digest included, since credentials may be valid for one
+// exact reference only. base is the client's shared transport (connection
+// pool, per-registry TLS settings); the returned Auth must send its requests
+// through it. The client caches the result per reference and action set.
 type AuthFunc func(ref reference.Named, actions []string, base http.RoundTripper) (Auth, error)
+
+// Reauthenticator is implemented by Auths that can drop the token they
+// would use next, so that the next request proves access with the
+// credentials as they are now (authbridge's Transport does).
+type Reauthenticator interface {
+	Reauthenticate()
+}
 
 // Anonymous returns an Auth that adds nothing: requests pass through to base
 // unchanged. (The anonymous token flow of public registries is authbridge's

@@ -164,7 +164,7 @@ type Client struct {
 	// mu guards the maps below.
 	mu         sync.Mutex
 	registries map[string]*registry  // by reference domain
-	auths      map[string]Auth       // by repository name + actions
+	auths      map[string]Auth       // by image reference + actions
 	locations  map[string]location   // blob redirect targets, by host/repo@digest
 	insecure   map[string]bool       // hosts contacted without TLS verification
 	caps       map[string]*rangeCaps // range capabilities by registry host
@@ -352,16 +352,18 @@ func (c *Client) ping(ctx context.Context, scheme, host string) error {
 	return nil // any HTTP answer shows that the scheme works
 }
 
-// authFor returns the (cached) Auth for ref and actions.
+// authFor returns the (cached) Auth for ref and actions. The AuthFunc gets
+// the whole reference, tag or digest included: credentials podman handed
+// over are valid for exactly that reference (authbridge.Manager.Handover).
 func (c *Client) authFor(ref reference.Named, actions []string) (Auth, error) {
-	key := ref.Name() + "|" + strings.Join(actions, ",")
+	key := ref.String() + "|" + strings.Join(actions, ",")
 	c.mu.Lock()
 	a, ok := c.auths[key]
 	c.mu.Unlock()
 	if ok {
 		return a, nil
 	}
-	a, err := c.opts.Auth(reference.TrimNamed(ref), actions, c.base)
+	a, err := c.opts.Auth(ref, actions, c.base)
 	if err != nil {
 		return nil, fmt.Errorf("authorize %s for %s: %w", ref.Name(), strings.Join(actions, ","), err)
 	}
@@ -417,6 +419,20 @@ func (c *Client) EnsureFresh(ctx context.Context, ref reference.Named, minValidi
 	}
 	if err := a.EnsureFresh(ctx, minValidity); err != nil {
 		return fmt.Errorf("refresh credentials for %s: %w", ref.Name(), err)
+	}
+	return nil
+}
+
+// Reauthenticate makes the next pull request about ref prove access with
+// the credentials as they are now, if its Auth is a Reauthenticator (see
+// there); call it before resolving an image for a new consumer.
+func (c *Client) Reauthenticate(ref reference.Named) error {
+	a, err := c.authFor(reference.TagNameOnly(ref), pullActions)
+	if err != nil {
+		return err
+	}
+	if r, ok := a.(Reauthenticator); ok {
+		r.Reauthenticate()
 	}
 	return nil
 }

@@ -515,22 +515,59 @@ func TestEnsureFreshAndAuthCache(t *testing.T) {
 	}), newFakeClock(), func(o *Options) {
 		o.Auth = func(ref reference.Named, actions []string, base http.RoundTripper) (Auth, error) {
 			mu.Lock()
-			calls = append(calls, ref.Name()+" "+strings.Join(actions, ","))
+			calls = append(calls, ref.String()+" "+strings.Join(actions, ","))
 			mu.Unlock()
 			return &freshAuth{Auth: Anonymous(base)}, nil
 		}
 	})
-	ref := mustRef(t, testRepo)
-	for i := 0; i < 3; i++ {
-		if err := c.EnsureFresh(context.Background(), ref, time.Minute); err != nil {
-			t.Fatalf("EnsureFresh: %v", err)
+	// Credentials may be valid for one exact reference (handed over by
+	// podman), so the AuthFunc sees the tag and is cached per reference.
+	for _, ref := range []reference.Named{mustRef(t, testRepo+":1.0"), mustRef(t, testRepo+":2.0")} {
+		for i := 0; i < 3; i++ {
+			if err := c.EnsureFresh(context.Background(), ref, time.Minute); err != nil {
+				t.Fatalf("EnsureFresh: %v", err)
+			}
+			_, _, _ = c.GetManifest(context.Background(), ref, "latest")
 		}
-		_, _, _ = c.GetManifest(context.Background(), ref, "latest")
 	}
-	if want := []string{testRepo + " pull"}; fmt.Sprint(calls) != fmt.Sprint(want) {
-		t.Errorf("AuthFunc calls = %q, want %q (cached per repository)", calls, want)
+	if want := []string{testRepo + ":1.0 pull", testRepo + ":2.0 pull"}; fmt.Sprint(calls) != fmt.Sprint(want) {
+		t.Errorf("AuthFunc calls = %q, want %q (cached per reference)", calls, want)
 	}
 }
+
+// TestClientReauthenticate: Client.Reauthenticate reaches the Auth of the
+// reference when it is a Reauthenticator, and is a no-op otherwise.
+func TestClientReauthenticate(t *testing.T) {
+	notFound := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		return response(req, http.StatusNotFound, nil, nil), nil
+	})
+	var got []string
+	c := newFakeClient(t, notFound, newFakeClock(), func(o *Options) {
+		o.Auth = func(ref reference.Named, _ []string, base http.RoundTripper) (Auth, error) {
+			return &reauthAuth{Auth: Anonymous(base), onReauth: func() { got = append(got, ref.String()) }}, nil
+		}
+	})
+	ref := mustRef(t, testRepo+":1.0")
+	for range 2 {
+		if err := c.Reauthenticate(ref); err != nil {
+			t.Fatalf("Reauthenticate: %v", err)
+		}
+	}
+	if want := []string{testRepo + ":1.0", testRepo + ":1.0"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("Reauthenticate calls = %q, want %q", got, want)
+	}
+	plain := newFakeClient(t, notFound, newFakeClock(), nil)
+	if err := plain.Reauthenticate(ref); err != nil {
+		t.Errorf("Reauthenticate with an Auth that cannot: %v, want nil", err)
+	}
+}
+
+type reauthAuth struct {
+	Auth
+	onReauth func()
+}
+
+func (r *reauthAuth) Reauthenticate() { r.onReauth() }
 
 type freshAuth struct {
 	Auth

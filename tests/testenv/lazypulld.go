@@ -80,7 +80,6 @@ type Daemon struct {
 	ConfigPath string
 	LogPath    string
 
-	t    testing.TB
 	env  []string
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -99,14 +98,34 @@ func StartDaemon(t testing.TB, opts DaemonOptions) *Daemon {
 	if opts.Dir == "" {
 		opts.Dir = t.TempDir()
 	}
+	d, err := NewDaemon(LazypullBinary(t), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := d.Stop(); err != nil {
+			t.Errorf("stop daemon: %v\n%s", err, d.LogTail(40))
+		}
+	})
+	return d
+}
+
+// NewDaemon writes a config into opts.Dir (which must be set) and starts
+// `lazypull serve` from bin; the caller must Stop it.
+func NewDaemon(bin string, opts DaemonOptions) (*Daemon, error) {
+	if opts.Dir == "" {
+		return nil, errors.New("testenv: DaemonOptions.Dir is required")
+	}
+	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
+		return nil, err
+	}
 	d := &Daemon{
-		Bin:        LazypullBinary(t),
+		Bin:        bin,
 		Dir:        opts.Dir,
 		Root:       filepath.Join(opts.Dir, "root"),
 		MountPoint: filepath.Join(opts.Dir, "store"),
 		ConfigPath: filepath.Join(opts.Dir, "config.toml"),
 		LogPath:    filepath.Join(opts.Dir, "daemon.log"),
-		t:          t,
 		env:        opts.Env,
 	}
 	d.Socket = filepath.Join(d.Root, "lazypull.sock")
@@ -117,20 +136,15 @@ func StartDaemon(t testing.TB, opts DaemonOptions) *Daemon {
 	cfg["root_dir"], cfg["mount_point"], cfg["socket"], cfg["log_level"] = d.Root, d.MountPoint, d.Socket, "debug"
 	var buf bytes.Buffer
 	if err := toml.NewEncoder(&buf).Encode(cfg); err != nil {
-		t.Fatalf("daemon config: %v", err)
+		return nil, fmt.Errorf("daemon config: %w", err)
 	}
 	if err := os.WriteFile(d.ConfigPath, buf.Bytes(), 0o600); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	if err := d.Start(); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	t.Cleanup(func() {
-		if err := d.Stop(); err != nil {
-			t.Errorf("stop daemon: %v\n%s", err, d.LogTail(40))
-		}
-	})
-	return d
+	return d, nil
 }
 
 // Start (re)starts the daemon process with the same configuration.
@@ -214,14 +228,19 @@ func (d *Daemon) Kill() {
 	d.cmd = nil
 }
 
-// Status returns the daemon's status.
+// Status returns the daemon's status, failing the test when it cannot.
 func (d *Daemon) Status(t testing.TB) *control.Status {
 	t.Helper()
-	st, err := control.NewClient(d.Socket).Status(context.Background())
+	st, err := d.StatusErr()
 	if err != nil {
 		t.Fatalf("lazypull status: %v", err)
 	}
 	return st
+}
+
+// StatusErr returns the daemon's status.
+func (d *Daemon) StatusErr() (*control.Status, error) {
+	return control.NewClient(d.Socket).Status(context.Background())
 }
 
 // Run runs a lazypull command against the daemon's configuration.

@@ -205,6 +205,19 @@ func (p *Podman) RunContext(ctx context.Context, args ...string) (stdout, stderr
 		ctx, cancel2 = context.WithDeadline(ctx, p.deadline)
 		defer cancel2()
 	}
+	cmd := p.Command(ctx, args...)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err = cmd.Run()
+	if err != nil {
+		err = fmt.Errorf("%w: podman %s: %w: %s", ErrPodman, strings.Join(args, " "), err, strings.TrimSpace(errOut.String()))
+	}
+	return out.String(), errOut.String(), err
+}
+
+// Command returns the podman command for args with the harness's global
+// flags and environment, for callers that stream its output (benchmarks).
+func (p *Podman) Command(ctx context.Context, args ...string) *exec.Cmd {
 	global := []string{"--root", p.Root, "--runroot", p.RunRoot, "--tmpdir", filepath.Join(p.ShortDir, "tmp")}
 	for _, o := range p.storageOpts {
 		global = append(global, "--storage-opt", o)
@@ -213,13 +226,7 @@ func (p *Podman) RunContext(ctx context.Context, args ...string) (stdout, stderr
 	cmd.Env = p.env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.WaitDelay = 10 * time.Second
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err = cmd.Run()
-	if err != nil {
-		err = fmt.Errorf("%w: podman %s: %w: %s", ErrPodman, strings.Join(args, " "), err, strings.TrimSpace(errOut.String()))
-	}
-	return out.String(), errOut.String(), err
+	return cmd
 }
 
 // Pull pulls ref (extra flags are added before it) and returns the image ID.

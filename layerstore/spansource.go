@@ -53,7 +53,11 @@ type spanFlight struct {
 	err  error
 }
 
-var _ ztoc.SpanSource = (*spanSource)(nil)
+var _ ztoc.VerifyingSource = (*spanSource)(nil)
+
+// VerifiesSpans implements ztoc.VerifyingSource: cached spans are verified
+// when loaded, fetched ones when they arrive.
+func (s *spanSource) VerifiesSpans() bool { return true }
 
 // FetchSpans implements ztoc.SpanSource for reads on demand.
 func (s *spanSource) FetchSpans(ctx context.Context, first, last ztoc.SpanID) ([][]byte, error) {

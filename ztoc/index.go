@@ -198,6 +198,16 @@ func (x *LayerIndex) InflateSpan(id SpanID, compressed, dst []byte) ([]byte, err
 	if err := x.VerifySpan(id, compressed); err != nil {
 		return nil, err
 	}
+	return x.inflateVerified(id, compressed, dst)
+}
+
+// inflateVerified is InflateSpan for bytes already verified against span
+// id's digest.
+func (x *LayerIndex) inflateVerified(id SpanID, compressed, dst []byte) ([]byte, error) {
+	start, end := x.SpanCompressedRange(id)
+	if int64(len(compressed)) != end-start {
+		return nil, fmt.Errorf("%w: span %d has %d bytes, want %d", ErrSpanDigest, id, len(compressed), end-start)
+	}
 	u0, u1 := x.SpanUncompressedRange(id)
 	n := int(u1 - u0)
 	if cap(dst) < n {
@@ -259,9 +269,18 @@ func (x *LayerIndex) Resolve(i int) (int, error) {
 // SpanSource supplies compressed span bytes, e.g. from a cache or registry
 // range requests. FetchSpans returns the exact compressed bytes of spans
 // first..last (each SpanCompressedRange long), fetched with one range read
-// when they are not cached. The Reader verifies every span's digest.
+// when they are not cached. The Reader verifies every span's digest, unless
+// the source is a VerifyingSource.
 type SpanSource interface {
 	FetchSpans(ctx context.Context, first, last SpanID) ([][]byte, error)
+}
+
+// VerifyingSource is a SpanSource that returns only spans it has verified
+// against the digests of the same LayerIndex (e.g. to tell a corrupt cache
+// entry from a bad layer); the Reader then does not hash them again.
+type VerifyingSource interface {
+	SpanSource
+	VerifiesSpans() bool
 }
 
 // ReaderAtSource adapts the compressed layer as an io.ReaderAt: a run of

@@ -232,13 +232,20 @@ func (r *Reader) fetchRun(ctx context.Context, a, b SpanID, owned map[SpanID]*fl
 	if err == nil && len(comp) != int(b-a+1) {
 		err = fmt.Errorf("ztoc: span source returned %d spans for %d-%d", len(comp), a, b)
 	}
+	verified := false
+	if vs, ok := r.src.(VerifyingSource); ok {
+		verified = vs.VerifiesSpans()
+	}
 	var runErr error
 	for id := a; id <= b; id++ {
 		var data []byte
 		ferr := err
-		if ferr == nil {
+		switch {
+		case ferr == nil && verified:
+			data, ferr = r.x.inflateVerified(id, comp[id-a], nil)
+		case ferr == nil:
 			data, ferr = r.x.InflateSpan(id, comp[id-a], nil)
-		} else {
+		default:
 			ferr = fmt.Errorf("ztoc: fetch spans %d-%d: %w", a, b, ferr)
 		}
 		r.cache.land(spanKey{r.x, id}, owned[id], data, ferr)

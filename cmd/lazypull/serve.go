@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -23,6 +24,9 @@ serves layers to podman until interrupted. Configuration: /etc/lazypull/config.t
 				return err
 			}
 			log := newLogger(cfg)
+			if cfg.Cache.MemoryLimit > 0 {
+				debug.SetMemoryLimit(int64(cfg.Cache.MemoryLimit))
+			}
 			st, auth, err := openStore(cfg, log)
 			if err != nil {
 				return err

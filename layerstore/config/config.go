@@ -54,7 +54,8 @@ type Config struct {
 	// LogLevel is one of "debug", "info", "warn", "error". Default "info".
 	LogLevel string `toml:"log_level"`
 	// MetricsAddress, when set (e.g. "127.0.0.1:9641"), serves Prometheus
-	// metrics at http://<address>/metrics. Default "" (off).
+	// metrics at http://<address>/metrics and Go's profiler under
+	// /debug/pprof/ (keep it on loopback). Default "" (off).
 	MetricsAddress string `toml:"metrics_address"`
 
 	Registry  RegistryConfig  `toml:"registry"`
@@ -115,8 +116,13 @@ type CacheConfig struct {
 	// Default "2%".
 	ArtifactCacheSize CacheSize `toml:"artifact_cache_size"`
 	// MemorySpans is the number of inflated spans kept in memory per daemon,
-	// so sequential reads inflate each span once. Default 16.
+	// so sequential reads inflate each span once (the kernel's page cache
+	// keeps what was read). Default 8.
 	MemorySpans int `toml:"memory_spans"`
+	// MemoryLimit is a soft limit of the daemon's Go heap: the garbage
+	// collector works harder near it, keeping the daemon small on busy
+	// machines. "0" means no limit. Default "128MiB".
+	MemoryLimit ByteSize `toml:"memory_limit"`
 }
 
 // PrefetchConfig controls the background fetch of whole layers.
@@ -190,7 +196,8 @@ func DefaultFor(root bool) Config {
 		Cache: CacheConfig{
 			SpanCacheSize:     CacheSize{Percent: 20},
 			ArtifactCacheSize: CacheSize{Percent: 2},
-			MemorySpans:       16,
+			MemorySpans:       8,
+			MemoryLimit:       128 << 20,
 		},
 		Prefetch: PrefetchConfig{
 			Enabled:     true,
@@ -293,6 +300,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Cache.MemorySpans < 1 || c.Cache.MemorySpans > 4096 {
 		bad("cache.memory_spans must be within 1..4096, got %d", c.Cache.MemorySpans)
+	}
+	if c.Cache.MemoryLimit != 0 && c.Cache.MemoryLimit < ByteSize(c.Cache.MemorySpans)*c.Index.SpanSize*2 {
+		bad("cache.memory_limit (%s) must be at least twice memory_spans * span_size, or 0", c.Cache.MemoryLimit)
 	}
 	if c.Prefetch.Concurrency < 1 || c.Prefetch.Concurrency > 64 {
 		bad("prefetch.concurrency must be within 1..64, got %d", c.Prefetch.Concurrency)

@@ -1,0 +1,224 @@
+package layerstore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	"github.com/sirupsen/logrus"
+
+	"github.com/lazypull/lazypull/layerstore/alsfs"
+	"github.com/lazypull/lazypull/layerstore/config"
+	"github.com/lazypull/lazypull/layerstore/control"
+	"github.com/lazypull/lazypull/ztoc"
+)
+
+// metricsText scrapes the store's Prometheus metrics.
+func metricsText(t testing.TB, s *testStore) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	s.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if rec.Code != 200 {
+		t.Fatalf("metrics answered %d", rec.Code)
+	}
+	return rec.Body.String()
+}
+
+// loudLog reports whether an Error entry saying that the layer failed
+// verification was logged.
+func loudLog(s *testStore) bool {
+	for _, e := range s.logs.AllEntries() {
+		if e.Level == logrus.ErrorLevel && strings.Contains(e.Message, "failed verification") {
+			return true
+		}
+	}
+	return false
+}
+
+// checkBadLayer asserts what a layer found bad looks like: every read
+// fails with ErrLayerBad, the status says why, and its zTOC, mapping and
+// spans are gone.
+func checkBadLayer(t *testing.T, s *testStore, lv alsfs.Layer, l *testLayer, zd digest.Digest, wantReason string) {
+	t.Helper()
+	_, ls := s.status(t, l.digest)
+	if ls == nil || !strings.Contains(ls.Bad, wantReason) {
+		t.Errorf("layer status %+v, want it listed as bad with a reason containing %q", ls, wantReason)
+	}
+	if _, err := lv.Content(); !errors.Is(err, ErrLayerBad) {
+		t.Errorf("Content of a bad layer = %v, want ErrLayerBad", err)
+	}
+	c := lv.(layerView).l // the content the host already holds
+	for i, e := range c.Entries() {
+		if _, ok := l.content(e.Name); !ok {
+			continue
+		}
+		n, err := c.ReadFile(context.Background(), i, make([]byte, 100), 0)
+		if n != 0 || !errors.Is(err, ErrLayerBad) {
+			t.Errorf("ReadFile(%s) of a bad layer = %d, %v, want 0, ErrLayerBad", e.Name, n, err)
+		}
+	}
+	b, _ := lv.Blob()
+	if n, err := b.ReadAt(make([]byte, 10), 0); n != 0 || !errors.Is(err, ErrLayerBad) {
+		t.Errorf("blob ReadAt of a bad layer = %d, %v, want 0, ErrLayerBad", n, err)
+	}
+	// The status shows the layer bad as soon as it is marked; dropping its
+	// artifacts follows at once, on the goroutine that found it.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		blob, mapping := localArtifacts(t, s.root, l.digest, zd)
+		if _, n := s.spans.LayerBytes(l.digest); !blob && !mapping && n == 0 {
+			break
+		}
+	}
+	if blob, mapping := localArtifacts(t, s.root, l.digest, zd); blob || mapping {
+		t.Errorf("local store after the layer went bad: zTOC %v, mapping %v, want both gone", blob, mapping)
+	}
+	if files := spanFiles(t, s.root, l.digest); len(files) != 0 {
+		t.Errorf("%d spans of the bad layer still cached, want 0", len(files))
+	}
+	if _, n := s.spans.LayerBytes(l.digest); n != 0 {
+		t.Errorf("span cache accounts %d bytes of the bad layer, want 0", n)
+	}
+	if !loudLog(s) {
+		t.Error("no error was logged for the bad layer")
+	}
+}
+
+// TestTamperedSpan serves a layer whose registry flips a byte in one span:
+// the read fails, nothing wrong is returned, the layer is bad and its
+// artifacts are dropped; a later lookup starts afresh.
+func TestTamperedSpan(t *testing.T) {
+	reg := newTestRegistry(t)
+	l := stdLayer(t, 50, 600, 200)
+	s, img, z := servedFromLocal(t, reg, l, nil, Options{})
+	x := z.openIndex(t)
+	lv := s.mustLookup(t, img.ref, l.digest)
+	c, err := lv.Content()
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := entryIndex(t, c, "data/random.bin")
+	m := c.Entries()[i]
+	bad := x.SpanOf(m.UncompressedOffset) + 2
+	s0, s1 := x.SpanCompressedRange(bad)
+	reg.setTamper(l.digest, (s0+s1)/2)
+
+	mark := reg.mark()
+	want, _ := l.content("data/random.bin")
+	p := make([]byte, len(want))
+	n, err := c.ReadFile(context.Background(), i, p, 0)
+	if err == nil || !(errors.Is(err, ztoc.ErrSpanDigest) || errors.Is(err, ErrLayerBad)) {
+		t.Fatalf("ReadFile across a tampered span = %d, %v, want a span digest error", n, err)
+	}
+	if !bytes.Equal(p[:n], want[:n]) {
+		t.Fatalf("ReadFile returned %d bytes that differ from the file's", n)
+	}
+	refetch := reg.since(mark, func(r reqRecord) bool {
+		return blobGets(l.digest)(r) && r.rng == fmt.Sprintf("bytes=%d-%d", s0, s1-1)
+	})
+	if len(refetch) != 1 {
+		t.Errorf("the tampered span was fetched alone %d times, want 1 (one refetch)", len(refetch))
+	}
+	checkBadLayer(t, s, lv, l, z.digest, fmt.Sprintf("span %d", bad))
+	if !strings.Contains(metricsText(t, s), "lazypull_read_errors_total 1") {
+		t.Error("metrics do not count the failed read")
+	}
+
+	// The registry is fixed; the next lookup has no index any more and
+	// builds one from the layer itself.
+	reg.setTamper("", 0)
+	lv2 := s.mustLookup(t, img.ref, l.digest)
+	_, ls := s.status(t, l.digest)
+	if ls == nil || ls.IndexSource != "built" || ls.Bad != "" {
+		t.Fatalf("status after the new lookup %+v, want a good layer built on demand", ls)
+	}
+	checkAllFiles(t, lv2, l, 1<<20)
+}
+
+// TestTamperedZtoc serves a layer from a zTOC whose file offsets were moved:
+// whole-layer verification after prefetch finds it and marks the layer
+// bad.
+func TestTamperedZtoc(t *testing.T) {
+	reg := newTestRegistry(t)
+	l := stdLayer(t, 51, 300, 200)
+	img := reg.pushImage(t, "app/ztoc", "v1", []*testLayer{l}, imageOptions{})
+	z := buildZtoc(t, l, func(z *ztoc.Ztoc) {
+		for i := range z.TOC.FileMetadata {
+			if m := &z.TOC.FileMetadata[i]; m.Name == "data/log.txt" {
+				m.UncompressedOffset += 512
+			}
+		}
+	})
+	s := newTestStore(t, reg, func(c *config.Config) { c.Prefetch.Enabled = true }, Options{})
+	putLocalZtoc(t, s.root, z)
+	lv := s.mustLookup(t, img.ref, l.digest)
+	ls := s.waitLayer(t, l.digest, 30*time.Second, "marked bad", func(ls *control.LayerStatus) bool { return ls.Bad != "" })
+	if ls.Verified {
+		t.Errorf("status %+v: a bad layer is verified", ls)
+	}
+	checkBadLayer(t, s, lv, l, z.digest, "zTOC does not describe the layer")
+	if m := metricsText(t, s); !strings.Contains(m, `lazypull_layer_verifications_total{result="bad"} 1`) {
+		t.Error("metrics do not count the failed verification")
+	}
+}
+
+// TestWrongDiffID serves a layer whose image config names another DiffID:
+// building on demand refuses it, and a layer served from an index is
+// marked bad by whole-layer verification.
+func TestWrongDiffID(t *testing.T) {
+	l := stdLayer(t, 52, 300, 100)
+	wrong := []digest.Digest{digest.FromString("another layer")}
+
+	t.Run("on-demand build", func(t *testing.T) {
+		reg := newTestRegistry(t)
+		img := reg.pushImage(t, "app/diffid", "v1", []*testLayer{l}, imageOptions{diffIDs: wrong})
+		s := newTestStore(t, reg, nil, Options{})
+		_, err := s.lookup(t, img.ref, l.digest)
+		if !errors.Is(err, ErrLayerMismatch) {
+			t.Fatalf("Lookup = %v, want ErrLayerMismatch", err)
+		}
+		if files := spanFiles(t, s.root, l.digest); len(files) != 0 {
+			t.Errorf("%d spans cached of a refused layer, want 0", len(files))
+		}
+		st, _ := s.status(t, l.digest)
+		if len(st.Layers) != 0 || st.Cache.ArtifactBlobs != 0 {
+			t.Errorf("status lists %d layers and %d artifacts, want none", len(st.Layers), st.Cache.ArtifactBlobs)
+		}
+	})
+	t.Run("verification after prefetch", func(t *testing.T) {
+		reg := newTestRegistry(t)
+		img := reg.pushImage(t, "app/diffid", "v1", []*testLayer{l}, imageOptions{diffIDs: wrong})
+		z := buildZtoc(t, l, nil)
+		s := newTestStore(t, reg, func(c *config.Config) { c.Prefetch.Enabled = true }, Options{})
+		putLocalZtoc(t, s.root, z)
+		lv := s.mustLookup(t, img.ref, l.digest)
+		s.waitLayer(t, l.digest, 30*time.Second, "marked bad", func(ls *control.LayerStatus) bool { return ls.Bad != "" })
+		checkBadLayer(t, s, lv, l, z.digest, "DiffID")
+	})
+}
+
+// TestVerifiedAfterPrefetch is the good case: a layer served from an index
+// is verified once prefetch has fetched it all.
+func TestVerifiedAfterPrefetch(t *testing.T) {
+	reg := newTestRegistry(t)
+	l := stdLayer(t, 53, 300, 100)
+	s, img, _ := servedFromLocal(t, reg, l, func(c *config.Config) { c.Prefetch.Enabled = true }, Options{})
+	lv := s.mustLookup(t, img.ref, l.digest)
+	ls := s.waitLayer(t, l.digest, 30*time.Second, "verified", func(ls *control.LayerStatus) bool { return ls.Verified })
+	if ls.Bad != "" || !prefetchDone(ls) || ls.SpansCached != ls.Spans {
+		t.Errorf("status %+v, want prefetch done, every span cached, not bad", ls)
+	}
+	if m := metricsText(t, s); !strings.Contains(m, `lazypull_layer_verifications_total{result="ok"} 1`) {
+		t.Error("metrics do not count the verification")
+	}
+	c, _ := lv.Content()
+	if _, err := c.ReadFile(context.Background(), entryIndex(t, c, "etc/hostname"), make([]byte, 64), 0); err != nil && !errors.Is(err, io.EOF) {
+		t.Errorf("ReadFile of a verified layer: %v", err)
+	}
+}

@@ -55,7 +55,10 @@ type layer struct {
 
 	bad atomic.Pointer[string]
 	// hot marks spans read on demand (prefetch starts near them).
-	hot        []atomic.Bool
+	hot []atomic.Bool
+	// checked marks entries whose tar header was checked against the zTOC
+	// (on the first read of each file).
+	checked    []atomic.Bool
 	reads      atomic.Int64
 	readBytes  atomic.Int64
 	readErrors atomic.Int64
@@ -154,6 +157,20 @@ func (l *layer) ReadFile(ctx context.Context, i int, p []byte, off int64) (int, 
 	m := &l.x.Entries()[i]
 	if j, err := l.x.Resolve(i); err == nil {
 		m = &l.x.Entries()[j]
+		// Before the first byte of a file is served, the tar header in front
+		// of its data must be this file's: a zTOC with moved offsets or wrong
+		// sizes never serves wrong bytes.
+		if !l.checked[j].Load() {
+			if err := l.reader.CheckHeader(ctx, j, off, int64(len(p))); err != nil {
+				l.readErrors.Add(1)
+				l.s.metrics.readErrors.Inc()
+				if errors.Is(err, ztoc.ErrHeaderMismatch) {
+					l.markBad(err.Error())
+				}
+				return 0, err
+			}
+			l.checked[j].Store(true)
+		}
 	}
 	if off < m.UncompressedSize && len(p) > 0 {
 		end := min(off+int64(len(p)), m.UncompressedSize)
@@ -259,6 +276,7 @@ func (s *Store) newLayer(desc remote.Layer, ztocDigest digest.Digest, source str
 		mounted:    time.Now(),
 		log:        log,
 		hot:        make([]atomic.Bool, x.NumSpans()),
+		checked:    make([]atomic.Bool, len(x.Entries())),
 	}
 	l.src = &spanSource{
 		layer:   l,

@@ -168,6 +168,39 @@ func TestTamperedZtoc(t *testing.T) {
 	}
 }
 
+// TestTamperedZtocFirstRead: without waiting for whole-layer verification,
+// the first read of a file whose zTOC offset was moved fails (the tar header
+// in front of the data is not that file's): no wrong byte is served, and the
+// layer is marked bad at once.
+func TestTamperedZtocFirstRead(t *testing.T) {
+	reg := newTestRegistry(t)
+	l := stdLayer(t, 54, 300, 200)
+	img := reg.pushImage(t, "app/ztoc1", "v1", []*testLayer{l}, imageOptions{})
+	z := buildZtoc(t, l, func(z *ztoc.Ztoc) {
+		for i := range z.TOC.FileMetadata {
+			if m := &z.TOC.FileMetadata[i]; m.Name == "data/log.txt" {
+				m.UncompressedOffset += 512
+			}
+		}
+	})
+	s := newTestStore(t, reg, nil, Options{})
+	putLocalZtoc(t, s.root, z)
+	lv := s.mustLookup(t, img.ref, l.digest)
+	c, err := lv.Content()
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	n, err := c.ReadFile(context.Background(), entryIndex(t, c, "data/log.txt"), buf, 0)
+	if !errors.Is(err, ztoc.ErrHeaderMismatch) {
+		t.Fatalf("ReadFile of the moved file = %d bytes, %v; want ErrHeaderMismatch", n, err)
+	}
+	if n != 0 {
+		t.Errorf("ReadFile of the moved file returned %d bytes", n)
+	}
+	checkBadLayer(t, s, lv, l, z.digest, "tar header does not match")
+}
+
 // TestWrongDiffID serves a layer whose image config names another DiffID:
 // building on demand refuses it, and a layer served from an index is
 // marked bad by whole-layer verification.

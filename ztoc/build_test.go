@@ -337,3 +337,54 @@ func TestShaHelper(t *testing.T) {
 		t.Fatal("sha helper broken")
 	}
 }
+
+func TestCheckHeader(t *testing.T) {
+	es := genEntries(5, 40, 1<<20)
+	raw := tarBytes(t, es)
+	blob := gzipMembers(t, raw, 6, 0)
+	res, err := Build(context.Background(), bytes.NewReader(blob), BuildOptions{SpanSize: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := NewLayerIndex(res.Ztoc, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewReader(x, ReaderAtSource(x, bytes.NewReader(blob)), nil)
+	for i, m := range x.Entries() {
+		if m.Type == TypeReg || m.Type == TypeHardlink {
+			if err := r.CheckHeader(context.Background(), i, 0, 4096); err != nil {
+				t.Errorf("CheckHeader(%q) of a good index = %v", m.Name, err)
+			}
+		}
+	}
+	// Moved offsets, a wrong size, a wrong mode: each is caught.
+	for _, tc := range []struct {
+		name   string
+		change func(m *FileMetadata)
+	}{
+		{"offset moved by a block", func(m *FileMetadata) { m.UncompressedOffset += 512 }},
+		{"offset moved into data", func(m *FileMetadata) { m.UncompressedOffset += 100 }},
+		{"size", func(m *FileMetadata) { m.UncompressedSize-- }},
+		{"mode", func(m *FileMetadata) { m.Mode = 0o4777 }},
+	} {
+		z := *res.Ztoc
+		z.TOC.FileMetadata = append([]FileMetadata(nil), res.Ztoc.TOC.FileMetadata...)
+		idx := -1
+		for i, m := range z.TOC.FileMetadata {
+			if m.Type == TypeReg && m.UncompressedSize > 1000 {
+				idx = i
+				break
+			}
+		}
+		tc.change(&z.TOC.FileMetadata[idx])
+		bad, err := NewLayerIndex(&z, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		br := NewReader(bad, ReaderAtSource(bad, bytes.NewReader(blob)), nil)
+		if err := br.CheckHeader(context.Background(), idx, 0, 4096); !errors.Is(err, ErrHeaderMismatch) {
+			t.Errorf("%s: CheckHeader = %v, want ErrHeaderMismatch", tc.name, err)
+		}
+	}
+}

@@ -25,6 +25,9 @@ var (
 	// ErrSpanDigest is returned when fetched span bytes do not match the
 	// span digest recorded in the zTOC.
 	ErrSpanDigest = errors.New("ztoc: span digest mismatch")
+	// ErrHeaderMismatch is returned when the tar header in front of a file's
+	// data does not describe the zTOC entry (offsets or sizes moved).
+	ErrHeaderMismatch = errors.New("ztoc: tar header does not match the index")
 	// ErrNotExist is returned when a path is not in the zTOC.
 	ErrNotExist = errors.New("ztoc: no such file in layer")
 )

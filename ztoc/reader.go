@@ -1,6 +1,8 @@
 package ztoc
 
 import (
+	"archive/tar"
+	"bytes"
 	"container/list"
 	"context"
 	"fmt"
@@ -317,3 +319,63 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 func (f *File) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
 	return f.r.ReadFile(ctx, f.i, p, off)
 }
+
+// CheckHeader reads the tar header block just before the data of regular
+// file i (a hard link is checked as its target) and checks that it is the
+// header of that file: a valid tar header (checksum) of a regular file with
+// the entry's size, mode and owner. It catches a zTOC whose offsets or sizes
+// do not match the layer before a single byte of the file is served;
+// callers do it on the first read of each file. Empty files have nothing to
+// check. The caller's read that follows (n bytes at off in the file) is
+// fetched together with the header when its spans follow the header's, so
+// the check costs no extra request.
+func (r *Reader) CheckHeader(ctx context.Context, i int, off, n int64) error {
+	j, err := r.x.Resolve(i)
+	if err != nil {
+		return err
+	}
+	m := &r.x.z.TOC.FileMetadata[j]
+	if m.UncompressedSize == 0 {
+		return nil
+	}
+	if m.UncompressedOffset < blockSize {
+		return fmt.Errorf("%w: %q: data at %d leaves no room for its header", ErrHeaderMismatch, m.Name, m.UncompressedOffset)
+	}
+	hdrOff := m.UncompressedOffset - blockSize
+	if off >= 0 && off < m.UncompressedSize && n > 0 {
+		end := m.UncompressedOffset + min(off+n, m.UncompressedSize) - 1
+		a, b, c := r.x.SpanOf(hdrOff), r.x.SpanOf(m.UncompressedOffset+off), r.x.SpanOf(end)
+		if b-a <= 1 {
+			if _, err := r.spans(ctx, a, c); err != nil {
+				return fmt.Errorf("ztoc: read header of %q: %w", m.Name, err)
+			}
+		}
+	}
+	block := make([]byte, blockSize, 3*blockSize) // + end-of-archive for archive/tar
+	if _, err := r.ReadAt(ctx, block, hdrOff); err != nil && err != io.EOF {
+		return fmt.Errorf("ztoc: read header of %q: %w", m.Name, err)
+	}
+	h, err := tar.NewReader(bytes.NewReader(block[:3*blockSize])).Next()
+	if err != nil {
+		return fmt.Errorf("%w: %q: no tar header before its data at %d: %v", ErrHeaderMismatch, m.Name, m.UncompressedOffset, err)
+	}
+	var diff string
+	_, paxSize := m.PAXRecords["size"]
+	_, paxUID := m.PAXRecords["uid"]
+	_, paxGID := m.PAXRecords["gid"]
+	switch {
+	case h.Typeflag != tar.TypeReg && h.Typeflag != tar.TypeRegA:
+		diff = fmt.Sprintf("type %q", h.Typeflag)
+	case !paxSize && h.Size != m.UncompressedSize:
+		diff = fmt.Sprintf("size %d, the index says %d", h.Size, m.UncompressedSize)
+	case h.Mode != m.Mode:
+		diff = fmt.Sprintf("mode %o, the index says %o", h.Mode, m.Mode)
+	case (!paxUID && h.Uid != int(m.UID)) || (!paxGID && h.Gid != int(m.GID)):
+		diff = fmt.Sprintf("owner %d:%d, the index says %d:%d", h.Uid, h.Gid, m.UID, m.GID)
+	default:
+		return nil
+	}
+	return fmt.Errorf("%w: %q: the header before its data has %s", ErrHeaderMismatch, m.Name, diff)
+}
+
+const blockSize = 512

@@ -3,6 +3,7 @@ package layerstore
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -87,7 +88,9 @@ func (p *prefetcher) add(l *layer) {
 		return
 	}
 	l.mu.Lock()
-	if l.pf.status != "" {
+	// Once per layer; a prefetch that failed or stopped starts again with
+	// the next lookup of the layer.
+	if st := l.pf.status; st != "" && !strings.HasPrefix(st, "failed") && !strings.HasPrefix(st, "stopped") {
 		l.mu.Unlock()
 		return
 	}

@@ -179,14 +179,32 @@ func (s *Store) layerFor(ctx context.Context, ref reference.Named, img *remote.I
 			return nil, err
 		}
 		s.mu.Lock()
+		old := s.layers[desc.Digest]
 		s.layers[desc.Digest] = l
 		s.mu.Unlock()
+		if old != nil {
+			s.replaceLayer(old, l)
+		}
 		return l, nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	return v.(*layer), nil
+}
+
+// replaceLayer hands the host's references of a layer found bad over to its
+// replacement (the host releases them through the same path), and closes
+// the old zTOC.
+func (s *Store) replaceLayer(old, l *layer) {
+	old.mu.Lock()
+	uses := old.uses
+	old.mu.Unlock()
+	for i := 0; i < uses; i++ {
+		l.use()
+		old.release()
+	}
+	old.file.Close()
 }
 
 // loadLayer finds the layer's zTOC (local store, shared store, the image's

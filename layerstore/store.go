@@ -267,7 +267,7 @@ func (s *Store) Status(context.Context) (*control.Status, error) {
 			SpanEntries: cs.Entries, SpanBytes: cs.Bytes, SpanMaxBytes: cs.MaxBytes,
 			SpanHits: cs.Hits, SpanMisses: cs.Misses, SpanEvictions: cs.Evictions,
 			MemoryHits: mh, MemoryMisses: mm,
-			ArtifactBlobs: nblobs, ArtifactBytes: ablobs,
+			ArtifactBlobs: nblobs, ArtifactBytes: ablobs, ArtifactMaxSize: s.local.Max(),
 		},
 		Reads: s.metrics.readStats(),
 	}

@@ -255,3 +255,40 @@ func TestVerifiedAfterPrefetch(t *testing.T) {
 		t.Errorf("ReadFile of a verified layer: %v", err)
 	}
 }
+
+// TestBadLayerReplacedKeepsReferences: a layer in use that turns out bad is
+// replaced by the next lookup (which rebuilds its index); the host's
+// references move to the replacement, so its later releases balance.
+func TestBadLayerReplacedKeepsReferences(t *testing.T) {
+	reg := newTestRegistry(t)
+	l := stdLayer(t, 55, 300, 200)
+	img := reg.pushImage(t, "app/replace", "v1", []*testLayer{l}, imageOptions{})
+	z := buildZtoc(t, l, func(z *ztoc.Ztoc) {
+		for i := range z.TOC.FileMetadata {
+			if m := &z.TOC.FileMetadata[i]; m.Name == "data/log.txt" {
+				m.UncompressedOffset += 512
+			}
+		}
+	})
+	s := newTestStore(t, reg, func(c *config.Config) { c.Index.OnDemand = "sync" }, Options{})
+	putLocalZtoc(t, s.root, z)
+	lv := s.mustLookup(t, img.ref, l.digest)
+	s.Use(img.ref, l.digest)
+	c, _ := lv.Content()
+	if _, err := c.ReadFile(context.Background(), entryIndex(t, c, "data/log.txt"), make([]byte, 64), 0); err == nil {
+		t.Fatal("read through the tampered zTOC succeeded")
+	}
+	if _, ls := s.status(t, l.digest); ls == nil || ls.Bad == "" {
+		t.Fatalf("status %+v, want the layer bad", ls)
+	}
+	lv2 := s.mustLookup(t, img.ref, l.digest)
+	_, ls := s.status(t, l.digest)
+	if ls == nil || ls.Bad != "" || ls.InUse != 1 || ls.IndexSource != "built" {
+		t.Fatalf("after the new lookup: status %+v, want a good layer built on demand, in use once", ls)
+	}
+	checkAllFiles(t, lv2, l, 1<<20)
+	s.Release(img.ref, l.digest)
+	if _, ls := s.status(t, l.digest); ls.InUse != 0 {
+		t.Errorf("in use %d after the release, want 0", ls.InUse)
+	}
+}

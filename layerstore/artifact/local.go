@@ -213,6 +213,13 @@ func (l *Local) Unpin(d digest.Digest) {
 	l.pins[d]--
 }
 
+// Max returns the cap in bytes (0 = none).
+func (l *Local) Max() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.max
+}
+
 // SetMax changes the cap and evicts what exceeds it.
 func (l *Local) SetMax(maxBytes int64) {
 	l.mu.Lock()

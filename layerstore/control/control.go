@@ -67,13 +67,11 @@ type AuthStats struct {
 
 // ReadStats summarizes FUSE reads of layer files.
 type ReadStats struct {
-	Count       int64         `json:"count"`
-	Bytes       int64         `json:"bytes"`
-	Errors      int64         `json:"errors"`
-	LatencyP50  time.Duration `json:"latency_p50_ns"`
-	LatencyP99  time.Duration `json:"latency_p99_ns"`
-	LatencyMax  time.Duration `json:"latency_max_ns"`
-	SlowestSpan time.Duration `json:"slowest_fetch_ns"`
+	Count      int64         `json:"count"`
+	Bytes      int64         `json:"bytes"`
+	Errors     int64         `json:"errors"`
+	LatencyP50 time.Duration `json:"latency_p50_ns"`
+	LatencyP99 time.Duration `json:"latency_p99_ns"`
 }
 
 // LayerStatus is one served layer.

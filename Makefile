@@ -8,7 +8,7 @@ LDFLAGS := -X main.version=$(VERSION)
 BIN     := bin/lazypull
 GO      := go
 
-.PHONY: all build run test test-unit test-e2e test-compat fuzz bench vet clean deps-run deps-test
+.PHONY: all build run test test-unit test-e2e test-compat fuzz bench bench-compat bench-e2e vet clean deps-run deps-test
 
 all: build
 
@@ -44,8 +44,16 @@ test-compat:
 fuzz:
 	contrib/dev/fuzz.sh $(FUZZTIME)
 
+# Benchmarks (numbers, not pass/fail): ztoc in-package, the three-way builder
+# comparison against stdlib and SOCI, and the podman end-to-end script.
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -tags "$(TAGS)" ./ztoc/...
+
+bench-compat:
+	cd tests/compat && GOFLAGS=-mod=mod $(GO) test -run '^$$' -bench BenchmarkBuild -benchmem .
+
+bench-e2e:
+	tests/bench/run.sh
 
 clean:
 	rm -rf bin

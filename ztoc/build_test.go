@@ -388,3 +388,40 @@ func TestCheckHeader(t *testing.T) {
 		}
 	}
 }
+
+// TestTarShorterUncompressedSize: SOCI records an uncompressed tar layer's
+// size only up to the end-of-archive marker while its spans cover the whole
+// blob (GNU tar pads to 10 KiB records). Such a zTOC opens and serves every
+// file.
+func TestTarShorterUncompressedSize(t *testing.T) {
+	es := genEntries(6, 20, 300<<10)
+	raw := tarBytes(t, es)
+	padded := append(bytes.Clone(raw), make([]byte, 9216)...)
+	res, err := Build(context.Background(), bytes.NewReader(padded), BuildOptions{SpanSize: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	z := *res.Ztoc
+	z.UncompressedArchiveSize = int64(len(raw)) // as SOCI writes it
+	x, err := NewLayerIndex(&z, nil, 0)
+	if err != nil {
+		t.Fatalf("NewLayerIndex with SOCI's tar size: %v", err)
+	}
+	r := NewReader(x, ReaderAtSource(x, bytes.NewReader(padded)), nil)
+	for i, e := range es {
+		if e.hdr.Typeflag != tar.TypeReg {
+			continue
+		}
+		got := make([]byte, len(e.data))
+		if _, err := r.ReadFile(context.Background(), i, got, 0); err != nil && err != io.EOF {
+			t.Fatalf("ReadFile(%q): %v", e.hdr.Name, err)
+		}
+		if !bytes.Equal(got, e.data) {
+			t.Fatalf("%q differs", e.hdr.Name)
+		}
+	}
+	z.UncompressedArchiveSize = int64(len(padded)) + 1
+	if _, err := NewLayerIndex(&z, nil, 0); !errors.Is(err, ErrMalformed) {
+		t.Errorf("NewLayerIndex with a tar size past the blob = %v, want ErrMalformed", err)
+	}
+}

@@ -38,8 +38,8 @@ test-unit:
 test-e2e: build
 	LAZYPULL_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 60m -tags "$(TAGS)" -v ./tests/e2e/...
 
-test-compat:
-	cd tests/compat && GOFLAGS=-mod=mod $(GO) test -count=1 -timeout 30m ./...
+test-compat: build
+	cd tests/compat && LAZYPULL_BIN=$(CURDIR)/$(BIN) GOFLAGS=-mod=mod $(GO) test -count=1 -timeout 30m ./...
 
 fuzz:
 	contrib/dev/fuzz.sh $(FUZZTIME)

@@ -272,10 +272,15 @@ func (c *Cache) makeRoomLocked(need int64) bool {
 // evictLocked removes least recently used entries of layers not in use until
 // size+need fits under the cap (or nothing evictable is left).
 func (c *Cache) evictLocked(need int64) {
-	if c.max <= 0 {
-		return
+	if c.max > 0 {
+		c.evictDownToLocked(c.max - need)
 	}
-	for el := c.lru.Back(); el != nil && c.size+need > c.max; {
+}
+
+// evictDownToLocked removes least recently used entries of layers not in
+// use until at most target bytes are cached (or nothing evictable is left).
+func (c *Cache) evictDownToLocked(target int64) {
+	for el := c.lru.Back(); el != nil && c.size > target; {
 		prev := el.Prev()
 		e := el.Value.(*entry)
 		if c.pins[e.key.Layer] == 0 {
@@ -347,16 +352,7 @@ func (c *Cache) Prune(target int64) int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	before := c.size
-	for el := c.lru.Back(); el != nil && c.size > target; {
-		prev := el.Prev()
-		e := el.Value.(*entry)
-		if c.pins[e.key.Layer] == 0 {
-			c.removeLocked(el)
-			os.Remove(c.path(e.key))
-			c.stats.Evictions++
-		}
-		el = prev
-	}
+	c.evictDownToLocked(target)
 	return before - c.size
 }
 

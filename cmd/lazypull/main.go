@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/containers/storage/pkg/reexec"
 )
 
 // authHelperName is the name containers/image runs as its
@@ -15,6 +17,11 @@ import (
 const authHelperName = "lazypull-auth-helper"
 
 func main() {
+	// containers/storage (linked by `lazypull pull`) re-executes this
+	// binary for some of its work, and the storage driver for its daemon.
+	if reexec.Init() {
+		return
+	}
 	root := newRootCommand()
 	if filepath.Base(os.Args[0]) == authHelperName {
 		root.SetArgs(append([]string{"auth-helper"}, os.Args[1:]...))

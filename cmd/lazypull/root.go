@@ -35,6 +35,7 @@ Run the store with "lazypull serve" and point podman at it:
 		newStatusCommand(g),
 		newPruneCommand(g),
 		newAuthHelperCommand(g),
+		newPullCommand(g),
 	)
 	return root
 }

@@ -59,6 +59,14 @@
 // the sha256 of the compressed blob, which the daemon checks every fetched
 // span against.
 //
+// Promote (`lazypull pull --verify`, `lazypull verify`) ends the separation
+// once it is no longer needed: when the layer store has fetched a layer
+// completely and verified it as a whole (blob digest, DiffID, every tar
+// header), the layer record gets its expected DiffID as uncompressed digest,
+// like a downloaded layer. containers/image versions without TOC support
+// (podman 4.x, buildah 1.2x), which need a DiffID for every layer, can then
+// use the image, and later pulls may share the layer.
+//
 // # Graph driver
 //
 // Importing the package registers the graph driver "lazypull" (Driver):

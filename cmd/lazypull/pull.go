@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/containers/image/v5/docker/reference"
 	"github.com/containers/image/v5/pkg/cli/environment"
@@ -19,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/lazypull/lazypull/layerstore/config"
+	"github.com/lazypull/lazypull/layerstore/control"
 	storagedriver "github.com/lazypull/lazypull/storage_driver"
 )
 
@@ -30,6 +32,8 @@ type pullFlags struct {
 	tlsVerify             bool
 	arch, os, variant     string
 	eager, quiet          bool
+	verify                bool
+	verifyTimeout         time.Duration
 }
 
 func newPullCommand(g *globalFlags) *cobra.Command {
@@ -76,6 +80,8 @@ store is mounted (contrib/systemd/user/lazypull.service).`,
 	fl.StringVar(&f.variant, "variant", "", "architecture variant to choose from a manifest list")
 	fl.BoolVar(&f.eager, "eager", false, "pull every layer the ordinary way (for comparisons)")
 	fl.BoolVarP(&f.quiet, "quiet", "q", false, "print only the image ID")
+	fl.BoolVar(&f.verify, "verify", false, "after the pull, wait until the layer store has fetched and verified every lazy layer, then make them ordinary DiffID-identified layers (podman 4.x can then use the image)")
+	fl.DurationVar(&f.verifyTimeout, "verify-timeout", 30*time.Minute, "how long --verify waits")
 	return cmd
 }
 
@@ -164,8 +170,80 @@ func runPull(ctx context.Context, g *globalFlags, f *pullFlags, name string, std
 	}
 	fmt.Fprintf(progress, "Pulled %s in %s: %d layers lazy, %d pulled, %d reused\n", res.Name,
 		res.Took.Round(1e6), n[storagedriver.SourceLazy], n[storagedriver.SourcePulled], n[storagedriver.SourceReused])
+	if f.verify && n[storagedriver.SourceLazy] > 0 {
+		if err := promote(ctx, store, cfg, res.ImageID, f.verifyTimeout, progress); err != nil {
+			return err
+		}
+	}
 	fmt.Fprintln(stdout, res.ImageID)
 	return nil
+}
+
+// promote waits for the layer store to verify the image's lazy layers and
+// gives them their DiffIDs (storagedriver.Promote).
+func promote(ctx context.Context, store storage.Store, cfg config.Config, image string, wait time.Duration, progress io.Writer) error {
+	fmt.Fprintf(progress, "Waiting for the layer store to fetch and verify the lazy layers (at most %s)\n", wait)
+	pr, err := storagedriver.Promote(ctx, store, image, control.NewClient(cfg.Socket).Status, wait)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(progress, "Verified: %d layers now identified by DiffID (%d were already)\n", len(pr.Promoted), pr.Already)
+	return nil
+}
+
+func newVerifyCommand(g *globalFlags) *cobra.Command {
+	f := &pullFlags{}
+	cmd := &cobra.Command{
+		Use:   "verify [flags] IMAGE",
+		Short: "Wait until a lazily pulled image is fetched and verified, then make its layers ordinary ones",
+		Long: `Waits until the layer store has fetched every lazily served layer of IMAGE (in
+podman's storage, as "lazypull pull" put it there) and verified it as a whole: blob
+digest, DiffID from the image config, every tar header. Then the layers get their
+DiffIDs, like layers of an ordinary pull: podman 4.x and buildah 1.2x (which need a
+DiffID for every layer) can list, inspect, run and save the image, and later pulls
+may reuse its layers. The files are still served by the layer store.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if os.Geteuid() != 0 {
+				if err := reexecInUserNamespace(); err != nil {
+					return err
+				}
+			}
+			cfg, err := storagedriver.LoadConfig(g.configPath)
+			if err != nil {
+				return err
+			}
+			opts, err := storage.DefaultStoreOptions()
+			if err != nil {
+				return fmt.Errorf("storage configuration: %w", err)
+			}
+			if f.root != "" {
+				opts.GraphRoot = f.root
+			}
+			if f.runRoot != "" {
+				opts.RunRoot = f.runRoot
+			}
+			if f.driver != "" {
+				opts.GraphDriverName = f.driver
+			}
+			if len(f.storageOpts) > 0 {
+				opts.GraphDriverOptions = f.storageOpts
+			}
+			store, err := storage.GetStore(opts)
+			if err != nil {
+				return fmt.Errorf("open storage: %w", err)
+			}
+			defer func() { _, _ = store.Shutdown(false) }()
+			return promote(cmd.Context(), store, cfg, strings.TrimPrefix(args[0], "docker://"), f.verifyTimeout, cmd.ErrOrStderr())
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.root, "root", "", "storage root directory (default: storage.conf's graphroot)")
+	fl.StringVar(&f.runRoot, "runroot", "", "storage state directory (default: storage.conf's runroot)")
+	fl.StringVar(&f.driver, "storage-driver", "", "storage driver (default: storage.conf's driver)")
+	fl.StringArrayVar(&f.storageOpts, "storage-opt", nil, "storage driver option")
+	fl.DurationVar(&f.verifyTimeout, "timeout", 30*time.Minute, "how long to wait for the layer store")
+	return cmd
 }
 
 // parseImageName parses a fully qualified image name ("docker://" allowed).

@@ -36,6 +36,7 @@ Run the store with "lazypull serve" and point podman at it:
 		newPruneCommand(g),
 		newAuthHelperCommand(g),
 		newPullCommand(g),
+		newVerifyCommand(g),
 	)
 	return root
 }

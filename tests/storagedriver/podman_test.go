@@ -184,3 +184,56 @@ func checkContainerFiles(t *testing.T, p *testenv.Podman, image string, want fst
 		}
 	}
 }
+
+// TestStockPodmanRunsVerifiedLazyImage: `lazypull pull --verify` waits until
+// the layer store has fetched and verified every lazy layer, then gives the
+// layers their DiffIDs. Stock podman 4.3.1 then lists, inspects, runs and
+// removes the image, while its layers are still served by the store.
+func TestStockPodmanRunsVerifiedLazyImage(t *testing.T) {
+	f := newRegistryFixture(t, testImage())
+	cfg := daemonConfig(f.proxy.Host, f.reg.Host)
+	cfg["prefetch"] = map[string]any{"enabled": true}
+	f.daemon = testenv.StartDaemon(t, testenv.DaemonOptions{Config: cfg})
+	ref := f.ref(testImage())
+	img := f.images[ref]
+	p := testenv.NewPodman(t, testenv.PodmanOptions{InsecureRegistries: []string{f.proxy.Host, f.reg.Host}, StorageOpts: []string{f.daemon.ALSOption()}})
+	want, err := img.ExpectedTree()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := lazypullPull(t, f.daemon, p, "--verify", ref)
+	recs := storedLayers(t, p)
+	promoted := 0
+	for _, r := range recs {
+		if r["toc-digest"] != nil && r["diff-digest"] != nil {
+			promoted++
+		}
+	}
+	if promoted != len(lazyLayers(img)) {
+		t.Errorf("%d layers have a TOC digest and a DiffID after --verify, want %d", promoted, len(lazyLayers(img)))
+	}
+	links, _ := filepath.Glob(filepath.Join(p.Root, "overlay", "*", "diff"))
+	lazy := 0
+	for _, l := range links {
+		if target, err := os.Readlink(l); err == nil && strings.HasPrefix(target, f.daemon.MountPoint+"/") {
+			lazy++
+		}
+	}
+	if lazy != len(lazyLayers(img)) {
+		t.Errorf("%d layer diffs point into the store, want %d", lazy, len(lazyLayers(img)))
+	}
+	out, _, err := p.Run("images", "--format", "{{.ID}}", "--no-trunc")
+	if err != nil || !strings.Contains(out, id) {
+		t.Fatalf("podman 4.3.1 images = %q, %v; want %s listed", out, err, id)
+	}
+	if got := inspect(t, p, ref, "{{.ID}}"); !strings.HasPrefix(id, got) && got != id {
+		t.Errorf("podman 4.3.1 image inspect ID %q, lazypull pull said %q", got, id)
+	}
+	checkContainerFiles(t, p, ref, want)
+	if _, _, err := p.Run("rmi", ref); err != nil {
+		t.Fatalf("podman rmi: %v", err)
+	}
+	if recs := storedLayers(t, p); len(recs) != 0 {
+		t.Errorf("%d layers left after podman rmi, want 0", len(recs))
+	}
+}

@@ -408,3 +408,49 @@ func TestReadFallsBackToOtherRepository(t *testing.T) {
 		t.Errorf("status %+v, want 2 refs and no read errors", ls)
 	}
 }
+
+// TestSequentialReadAhead: reading on from where the previous read ended
+// fetches the next span with the same request, so the read after it asks
+// the registry for nothing.
+func TestSequentialReadAhead(t *testing.T) {
+	reg := newTestRegistry(t)
+	l := stdLayer(t, 42, 600, 100)
+	s, img, z := servedFromLocal(t, reg, l, nil, Options{})
+	lv := s.mustLookup(t, img.ref, l.digest)
+	c, err := lv.Content()
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := z.openIndex(t)
+	i := entryIndex(t, c, "data/random.bin")
+	m := c.Entries()[i]
+	want, _ := l.content("data/random.bin")
+	first := x.SpanOf(m.UncompressedOffset)
+	if x.SpanOf(m.UncompressedOffset+m.UncompressedSize-1)-first < 4 {
+		t.Fatal("the file must cover at least 5 spans")
+	}
+	read := func(span ztoc.SpanID) []reqRecord {
+		t.Helper()
+		u0, _ := x.SpanUncompressedRange(span)
+		off := max(u0-m.UncompressedOffset, 0)
+		p := make([]byte, 4096)
+		mark := reg.mark()
+		if n, err := c.ReadFile(context.Background(), i, p, off); n != len(p) || err != nil {
+			t.Fatalf("ReadFile at %d = %d, %v", off, n, err)
+		}
+		if !bytes.Equal(p, want[off:off+int64(len(p))]) {
+			t.Fatalf("ReadFile at %d returned other bytes", off)
+		}
+		return reg.since(mark, blobGets(l.digest))
+	}
+	read(first + 1) // not sequential yet: no read-ahead
+	gets := read(first + 2)
+	c0, _ := x.SpanCompressedRange(first + 2)
+	_, c1 := x.SpanCompressedRange(first + 3)
+	if wantRange := fmt.Sprintf("bytes=%d-%d", c0, c1-1); len(gets) != 1 || gets[0].rng != wantRange {
+		t.Fatalf("the sequential read of span %d sent %+v, want one GET of spans %d-%d (%s)", first+2, gets, first+2, first+3, wantRange)
+	}
+	if gets := read(first + 3); len(gets) != 0 {
+		t.Errorf("the read of span %d, fetched ahead, sent %d requests, want 0", first+3, len(gets))
+	}
+}

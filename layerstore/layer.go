@@ -279,13 +279,14 @@ func (s *Store) newLayer(desc remote.Layer, ztocDigest digest.Digest, source str
 		checked:    make([]atomic.Bool, len(x.Entries())),
 	}
 	l.src = &spanSource{
-		layer:   l,
-		x:       x,
-		cache:   s.spans,
-		log:     log,
-		demand:  &s.demand,
-		blobs:   l.sources,
-		flights: make(map[ztoc.SpanID]*spanFlight),
+		layer:      l,
+		x:          x,
+		cache:      s.spans,
+		log:        log,
+		demand:     &s.demand,
+		lastDemand: &s.lastDemand,
+		blobs:      l.sources,
+		flights:    make(map[ztoc.SpanID]*spanFlight),
 	}
 	l.reader = ztoc.NewReader(x, l.src, s.memSpans)
 	return l

@@ -3,6 +3,7 @@ package layerstore
 import (
 	"context"
 	"fmt"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -22,6 +23,12 @@ const (
 	// maxBatchFailures ends a layer's prefetch after this many failed
 	// batches in a row (each already retried by the registry client).
 	maxBatchFailures = 8
+	// demandQuiet is how long after an on-demand fetch the prefetcher keeps
+	// a low profile: one request at a time, of at most demandBatch bytes,
+	// so that what a container waits for does not queue behind megabytes of
+	// prefetch on a slow link.
+	demandQuiet = 2 * time.Second
+	demandBatch = 4 << 20
 )
 
 // prefetchState is a layer's background fetch. Guarded by layer.mu.
@@ -77,7 +84,7 @@ func newPrefetcher(s *Store) *prefetcher {
 	}
 	for i := 0; i < s.cfg.Prefetch.Concurrency; i++ {
 		p.wg.Add(1)
-		go p.worker()
+		go p.worker(i)
 	}
 	return p
 }
@@ -114,6 +121,12 @@ func (p *prefetcher) remove(l *layer) {
 	}
 }
 
+// recentDemand reports whether an on-demand fetch started less than
+// demandQuiet ago.
+func (p *prefetcher) recentDemand() bool {
+	return time.Since(time.Unix(0, p.s.lastDemand.Load())) < demandQuiet
+}
+
 func (p *prefetcher) signal() {
 	select {
 	case p.wake <- struct{}{}:
@@ -133,11 +146,12 @@ type batch struct {
 	size int64
 }
 
-func (p *prefetcher) worker() {
+func (p *prefetcher) worker(n int) {
 	defer p.wg.Done()
 	for {
-		// On-demand reads first: wait while a container waits for spans.
-		for p.s.demand.Load() > 0 {
+		// On-demand reads first: wait while a container waits for spans,
+		// and right after, let only the first worker go on.
+		for p.s.demand.Load() > 0 || (n > 0 && p.recentDemand()) {
 			if !sleepCtx(p.ctx, demandPoll) {
 				return
 			}
@@ -172,7 +186,11 @@ func (p *prefetcher) pick() (*batch, time.Duration) {
 	for tries := 0; tries < len(p.active); tries++ {
 		i := (p.next + tries) % len(p.active)
 		l := p.active[i]
-		bt, done, retryIn := l.nextBatch(int64(p.s.cfg.Prefetch.BatchSize), now)
+		maxBytes := int64(p.s.cfg.Prefetch.BatchSize)
+		if p.recentDemand() {
+			maxBytes = min(maxBytes, demandBatch)
+		}
+		bt, done, retryIn := l.nextBatch(maxBytes, now)
 		if done {
 			// Nothing left and nothing in flight: finish it (verification
 			// runs on a worker, outside this lock).
@@ -214,6 +232,13 @@ func (l *layer) nextBatch(maxBytes int64, now time.Time) (bt *batch, done bool, 
 	cached := func(id int) bool {
 		return l.s.spans.Has(spancache.Key{Layer: l.digest, Span: int32(id)})
 	}
+	// Spans read on demand, in order: prefetch starts next to them.
+	var hot []int
+	for id := range l.hot {
+		if l.hot[id].Load() {
+			hot = append(hot, id)
+		}
+	}
 	start, best, inFlight := -1, n+1, false
 	for id := 0; id < n; id++ {
 		if st.claimed[id] {
@@ -223,8 +248,7 @@ func (l *layer) nextBatch(maxBytes int64, now time.Time) (bt *batch, done bool, 
 		if cached(id) {
 			continue
 		}
-		d := l.hotDistance(id)
-		if d < best {
+		if d := hotDistance(hot, id, n); d < best {
 			start, best = id, d
 		}
 	}
@@ -246,17 +270,18 @@ func (l *layer) nextBatch(maxBytes int64, now time.Time) (bt *batch, done bool, 
 	return &batch{l: l, a: ztoc.SpanID(start), b: ztoc.SpanID(b), size: size}, false, 0
 }
 
-// hotDistance is the distance from span id to the nearest span read on
-// demand (len(hot) when there is none): prefetch reads around what the
-// container touches first.
-func (l *layer) hotDistance(id int) int {
-	n := len(l.hot)
-	for d := 0; d < n; d++ {
-		if (id-d >= 0 && l.hot[id-d].Load()) || (id+d < n && l.hot[id+d].Load()) {
-			return d
-		}
+// hotDistance is the distance from span id to the nearest span of hot (the
+// sorted spans read on demand), or n when there is none.
+func hotDistance(hot []int, id, n int) int {
+	i := sort.SearchInts(hot, id)
+	d := n
+	if i < len(hot) {
+		d = hot[i] - id
 	}
-	return n
+	if i > 0 {
+		d = min(d, id-hot[i-1])
+	}
+	return d
 }
 
 func spanLen(x *ztoc.LayerIndex, id int) int64 {

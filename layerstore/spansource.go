@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -32,8 +33,10 @@ type spanSource struct {
 	cache *spancache.Cache
 	log   *logrus.Entry
 	// demand counts on-demand fetches in flight, daemon-wide; the prefetcher
-	// pauses while it is not zero.
-	demand *atomic.Int64
+	// pauses while it is not zero. lastDemand is when the last one started
+	// (unix nanoseconds); the prefetcher holds back for a while after it.
+	demand     *atomic.Int64
+	lastDemand *atomic.Int64
 
 	// blobs returns the registry sources of the layer, preferred first.
 	blobs func() []blobSource
@@ -69,6 +72,7 @@ func (s *spanSource) FetchSpans(ctx context.Context, first, last ztoc.SpanID) ([
 func (s *spanSource) fetch(ctx context.Context, first, last ztoc.SpanID, onDemand bool) ([][]byte, error) {
 	out := make([][]byte, last-first+1)
 	var missing []ztoc.SpanID
+	readAhead := ztoc.SpanID(-1)
 	for id := first; id <= last; id++ {
 		if data, ok := s.cached(id); ok {
 			out[id-first] = data
@@ -82,6 +86,16 @@ func (s *spanSource) fetch(ctx context.Context, first, last ztoc.SpanID, onDeman
 	if onDemand {
 		s.demand.Add(1)
 		defer s.demand.Add(-1)
+		s.lastDemand.Store(time.Now().UnixNano())
+		// Reading on from where the last read ended: fetch the next span
+		// with the same request, so a program reading files in layer order
+		// waits for one round trip per two spans, not per span.
+		if next := last + 1; first > 0 && int(next) < s.x.NumSpans() && s.layer.hot[first-1].Load() {
+			if !s.cache.Has(spancache.Key{Layer: s.layer.digest, Span: int32(next)}) {
+				missing = append(missing, next)
+				readAhead = next
+			}
+		}
 	}
 
 	// Claim the spans nobody is fetching; wait for the others.
@@ -114,6 +128,9 @@ func (s *spanSource) fetch(ctx context.Context, first, last ztoc.SpanID, onDeman
 		}
 	}
 	for id, f := range wait {
+		if id == readAhead {
+			continue // fetched by someone else already; not ours to wait for
+		}
 		select {
 		case <-f.done:
 		case <-ctx.Done():

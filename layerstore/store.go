@@ -57,9 +57,11 @@ type Store struct {
 	memSpans *ztoc.SpanCache
 	metrics  *metrics
 	prefetch *prefetcher
-	// demand counts on-demand span fetches in flight (prefetch yields).
-	demand  atomic.Int64
-	started time.Time
+	// demand counts on-demand span fetches in flight (prefetch yields);
+	// lastDemand is when the last one started (unix nanoseconds).
+	demand     atomic.Int64
+	lastDemand atomic.Int64
+	started    time.Time
 	// buildSem bounds layers indexed at the same time.
 	buildSem chan struct{}
 

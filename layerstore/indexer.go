@@ -129,17 +129,15 @@ func (s *Store) share(fn func(ctx context.Context) error) {
 	if s.shared == nil {
 		return
 	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		ctx, cancel := context.WithTimeout(s.ctx, 10*time.Minute)
+	s.background(func(ctx context.Context) {
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 		defer cancel()
 		if err := fn(ctx); err != nil {
 			s.log.WithError(err).WithField("repository", s.sharedN).Warn("Sharing artifacts failed; other machines will index themselves")
 			return
 		}
 		s.metrics.shared.Inc()
-	}()
+	})
 }
 
 // buildInBackground indexes a layer for next time while the host pulls it
@@ -152,19 +150,17 @@ func (s *Store) buildInBackground(ref reference.Named, img *remote.Image, desc r
 	}
 	s.building[desc.Digest] = true
 	s.mu.Unlock()
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
+	s.background(func(ctx context.Context) {
 		defer func() {
 			s.mu.Lock()
 			delete(s.building, desc.Digest)
 			s.mu.Unlock()
 		}()
-		if _, err := s.buildLayerIndex(s.ctx, ref, img, desc, blob, log); err == nil {
+		if _, err := s.buildLayerIndex(ctx, ref, img, desc, blob, log); err == nil {
 			// Spans stay cached for a later lazy pull of the layer.
 			log.Info("Indexed layer in the background for the next pull")
 		}
-	}()
+	})
 }
 
 // afterBuild writes the image's SOCI index once every layer that gets an

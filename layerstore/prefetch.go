@@ -23,12 +23,11 @@ const (
 	// maxBatchFailures ends a layer's prefetch after this many failed
 	// batches in a row (each already retried by the registry client).
 	maxBatchFailures = 8
-	// demandQuiet is how long after an on-demand fetch the prefetcher keeps
-	// a low profile: one request at a time, of at most demandBatch bytes,
-	// so that what a container waits for does not queue behind megabytes of
-	// prefetch on a slow link.
-	demandQuiet = 2 * time.Second
-	demandBatch = 4 << 20
+	// demandQuiet is how long after an on-demand fetch the prefetcher stays
+	// paused, so that what a container reads next does not queue behind
+	// megabytes of prefetch on a slow link (reads in layer order get their
+	// next spans from the read-ahead meanwhile).
+	demandQuiet = time.Second
 )
 
 // prefetchState is a layer's background fetch. Guarded by layer.mu.
@@ -84,7 +83,7 @@ func newPrefetcher(s *Store) *prefetcher {
 	}
 	for i := 0; i < s.cfg.Prefetch.Concurrency; i++ {
 		p.wg.Add(1)
-		go p.worker(i)
+		go p.worker()
 	}
 	return p
 }
@@ -146,12 +145,12 @@ type batch struct {
 	size int64
 }
 
-func (p *prefetcher) worker(n int) {
+func (p *prefetcher) worker() {
 	defer p.wg.Done()
 	for {
 		// On-demand reads first: wait while a container waits for spans,
-		// and right after, let only the first worker go on.
-		for p.s.demand.Load() > 0 || (n > 0 && p.recentDemand()) {
+		// and for a moment after.
+		for p.s.demand.Load() > 0 || p.recentDemand() {
 			if !sleepCtx(p.ctx, demandPoll) {
 				return
 			}
@@ -186,20 +185,12 @@ func (p *prefetcher) pick() (*batch, time.Duration) {
 	for tries := 0; tries < len(p.active); tries++ {
 		i := (p.next + tries) % len(p.active)
 		l := p.active[i]
-		maxBytes := int64(p.s.cfg.Prefetch.BatchSize)
-		if p.recentDemand() {
-			maxBytes = min(maxBytes, demandBatch)
-		}
-		bt, done, retryIn := l.nextBatch(maxBytes, now)
+		bt, done, retryIn := l.nextBatch(int64(p.s.cfg.Prefetch.BatchSize), now)
 		if done {
 			// Nothing left and nothing in flight: finish it (verification
 			// runs on a worker, outside this lock).
 			p.active = append(p.active[:i], p.active[i+1:]...)
-			p.s.wg.Add(1)
-			go func() {
-				defer p.s.wg.Done()
-				p.finish(l)
-			}()
+			p.s.background(func(context.Context) { p.finish(l) })
 			return p.pickAgainLocked()
 		}
 		if bt != nil {

@@ -72,7 +72,6 @@ func (s *spanSource) FetchSpans(ctx context.Context, first, last ztoc.SpanID) ([
 func (s *spanSource) fetch(ctx context.Context, first, last ztoc.SpanID, onDemand bool) ([][]byte, error) {
 	out := make([][]byte, last-first+1)
 	var missing []ztoc.SpanID
-	readAhead := ztoc.SpanID(-1)
 	for id := first; id <= last; id++ {
 		if data, ok := s.cached(id); ok {
 			out[id-first] = data
@@ -87,14 +86,11 @@ func (s *spanSource) fetch(ctx context.Context, first, last ztoc.SpanID, onDeman
 		s.demand.Add(1)
 		defer s.demand.Add(-1)
 		s.lastDemand.Store(time.Now().UnixNano())
-		// Reading on from where the last read ended: fetch the next span
-		// with the same request, so a program reading files in layer order
-		// waits for one round trip per two spans, not per span.
-		if next := last + 1; first > 0 && int(next) < s.x.NumSpans() && s.layer.hot[first-1].Load() {
-			if !s.cache.Has(spancache.Key{Layer: s.layer.digest, Span: int32(next)}) {
-				missing = append(missing, next)
-				readAhead = next
-			}
+		// Reading on from where the last read ended: once these spans are
+		// here, fetch the next ones in the background, so a program reading
+		// files in layer order finds them on its way.
+		if first > 0 && s.layer.hot[first-1].Load() {
+			defer s.readAhead(last + 1)
 		}
 	}
 
@@ -128,9 +124,6 @@ func (s *spanSource) fetch(ctx context.Context, first, last ztoc.SpanID, onDeman
 		}
 	}
 	for id, f := range wait {
-		if id == readAhead {
-			continue // fetched by someone else already; not ours to wait for
-		}
 		select {
 		case <-f.done:
 		case <-ctx.Done():
@@ -145,6 +138,34 @@ func (s *spanSource) fetch(ctx context.Context, first, last ztoc.SpanID, onDeman
 		return nil, firstErr
 	}
 	return out, nil
+}
+
+// readAheadBytes is how much compressed data a sequential reader's
+// read-ahead asks for (at least one span).
+const readAheadBytes = 8 << 20
+
+// readAhead fetches, in the background, the spans from id on that are not
+// cached or already coming, up to readAheadBytes, in one request. It is not
+// an on-demand fetch: nothing waits for it, and an error only means the
+// reader fetches the span itself later.
+func (s *spanSource) readAhead(id ztoc.SpanID) {
+	n := ztoc.SpanID(s.x.NumSpans())
+	end, size := id, int64(0)
+	for ; end < n && (end == id || size < readAheadBytes); end++ {
+		if s.cache.Has(spancache.Key{Layer: s.layer.digest, Span: int32(end)}) {
+			break
+		}
+		c0, c1 := s.x.SpanCompressedRange(end)
+		size += c1 - c0
+	}
+	if end == id {
+		return
+	}
+	s.layer.s.background(func(ctx context.Context) {
+		if _, err := s.fetch(ctx, id, end-1, false); err != nil && ctx.Err() == nil {
+			s.log.WithError(err).WithField("spans", fmt.Sprintf("%d-%d", id, end-1)).Debug("Read-ahead failed")
+		}
+	})
 }
 
 // cached returns span id from the disk cache when it is there and intact.

@@ -65,10 +65,14 @@ type Store struct {
 	// buildSem bounds layers indexed at the same time.
 	buildSem chan struct{}
 
-	// ctx is canceled by Close; wg tracks the goroutines the store owns.
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// ctx is canceled by Close; wg tracks the goroutines the store owns,
+	// started through background (bgMu guards closing: no new goroutine
+	// once Close waits for them).
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	bgMu    sync.Mutex
+	closing bool
 
 	imageSF, layerSF, indexSF singleflight.Group
 
@@ -181,6 +185,9 @@ func fsBytes(dir string) (int64, error) {
 // Close stops background work and releases the store's resources. The FUSE
 // mount must be gone first.
 func (s *Store) Close() error {
+	s.bgMu.Lock()
+	s.closing = true
+	s.bgMu.Unlock()
 	s.cancel()
 	s.prefetch.close()
 	s.wg.Wait()
@@ -191,6 +198,21 @@ func (s *Store) Close() error {
 	s.layers = map[digest.Digest]*layer{}
 	s.mu.Unlock()
 	return s.client.Close()
+}
+
+// background runs fn on a goroutine the store owns: its context ends, and
+// Close waits for it, when the store closes.
+func (s *Store) background(fn func(ctx context.Context)) {
+	s.bgMu.Lock()
+	defer s.bgMu.Unlock()
+	if s.closing {
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		fn(s.ctx)
+	}()
 }
 
 // Client returns the registry client (for `lazypull index`).

@@ -38,6 +38,8 @@ const TOCRefPrefix = "lazypull-toc:"
 // pull the layer itself.
 func (s *Store) Lookup(ctx context.Context, refStr string, dgst digest.Digest) (alsfs.Layer, error) {
 	start := time.Now()
+	// A pull is under way: background prefetch waits until it is done.
+	s.lastDemand.Store(start.UnixNano())
 	identity := identityLegacy
 	if r, ok := strings.CutPrefix(refStr, TOCRefPrefix); ok {
 		identity, refStr = identityTOC, r

@@ -40,6 +40,9 @@ type Options struct {
 	Handover func(ctx context.Context, creds map[string]control.Credential) error
 	// Transport replaces the registry client's base transport (tests).
 	Transport http.RoundTripper
+	// OnClose, when set, runs last in Close (e.g. closing the credential
+	// manager behind Auth).
+	OnClose func() error
 }
 
 // Store is the layer store: it resolves images, finds or builds zTOCs and
@@ -197,7 +200,11 @@ func (s *Store) Close() error {
 	}
 	s.layers = map[digest.Digest]*layer{}
 	s.mu.Unlock()
-	return s.client.Close()
+	err := s.client.Close()
+	if s.opts.OnClose != nil {
+		err = errors.Join(err, s.opts.OnClose())
+	}
+	return err
 }
 
 // background runs fn on a goroutine the store owns: its context ends, and

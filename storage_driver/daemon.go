@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,16 +12,13 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/containers/image/v5/docker/reference"
 	"github.com/containers/storage/pkg/reexec"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
-	"github.com/lazypull/lazypull/authbridge"
 	"github.com/lazypull/lazypull/layerstore"
 	"github.com/lazypull/lazypull/layerstore/config"
 	"github.com/lazypull/lazypull/layerstore/control"
-	"github.com/lazypull/lazypull/layerstore/remote"
 )
 
 // Names under which containers/storage's reexec runs this package's entry
@@ -280,46 +276,7 @@ func RunDaemon(ctx context.Context, cfg config.Config, log *logrus.Entry) error 
 	if err := Preflight(cfg); err != nil {
 		return err
 	}
-	authFile := cfg.Registry.AuthFile
-	if authFile == "" {
-		authFile = os.Getenv("REGISTRY_AUTH_FILE")
-	}
-	confDir := ""
-	if cfg.Registry.RegistriesConf != "" {
-		confDir = cfg.Registry.RegistriesConf + ".d"
-	}
-	auth, err := authbridge.NewManager(authbridge.Options{
-		AuthFile:          authFile,
-		RegistriesConf:    cfg.Registry.RegistriesConf,
-		RegistriesConfDir: confDir,
-		HandoverFile:      filepath.Join(cfg.RootDir, "auth", "handover.json"),
-		Logger:            log.WithField("component", "auth"),
-	})
-	if err != nil {
-		return err
-	}
-	defer auth.Close()
-	st, err := layerstore.New(cfg, layerstore.Options{
-		Version: Version,
-		Log:     log,
-		Auth: func(ref reference.Named, actions []string, base http.RoundTripper) (remote.Auth, error) {
-			return auth.Transport(ref, actions, base), nil
-		},
-		AuthStats: func() control.AuthStats {
-			s := auth.Stats()
-			return control.AuthStats{
-				TokenFetches: int64(s.TokenFetches), ProactiveRefreshes: int64(s.ProactiveRefreshes),
-				Unauthorized: int64(s.Unauthorized401), Retries: int64(s.Retries), HandedOver: s.HandoverEntries,
-			}
-		},
-		Handover: func(_ context.Context, creds map[string]control.Credential) error {
-			in := make(map[string]authbridge.Credential, len(creds))
-			for ref, c := range creds {
-				in[ref] = authbridge.Credential{Username: c.Username, Password: c.Password, IdentityToken: c.IdentityToken}
-			}
-			return auth.HandoverAll(in)
-		},
-	})
+	st, err := layerstore.OpenWithPodmanAuth(cfg, Version, log)
 	if err != nil {
 		return err
 	}
@@ -327,15 +284,7 @@ func RunDaemon(ctx context.Context, cfg config.Config, log *logrus.Entry) error 
 }
 
 func daemonLogger(cfg config.Config) *logrus.Entry {
-	l := logrus.New()
-	l.SetOutput(os.Stderr)
-	l.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
-	lvl, err := logrus.ParseLevel(cfg.LogLevel)
-	if err != nil {
-		lvl = logrus.InfoLevel
-	}
-	l.SetLevel(lvl)
-	return logrus.NewEntry(l).WithField("daemon", ReexecServe)
+	return layerstore.NewLogger(cfg).WithField("daemon", ReexecServe)
 }
 
 // lockFile takes an exclusive flock on path and returns its release.

@@ -32,11 +32,10 @@ pulling the image finds the index.`,
 			}
 			cfg.Prefetch.Enabled = false
 			log := newLogger(cfg)
-			st, auth, err := openStore(cfg, log)
+			st, err := openStore(cfg, log)
 			if err != nil {
 				return err
 			}
-			defer auth.Close()
 			defer st.Close()
 			prog := newIndexProgress(os.Stderr)
 			res, err := st.IndexImage(cmd.Context(), args[0], push, prog)

@@ -104,12 +104,9 @@ func reexecInUserNamespace() error {
 }
 
 func runPull(ctx context.Context, g *globalFlags, f *pullFlags, name string, stdout, stderr io.Writer) error {
-	cfg, err := storagedriver.LoadConfig(g.configPath)
+	cfg, err := loadConfig(g)
 	if err != nil {
 		return err
-	}
-	if g.logLevel != "" {
-		cfg.LogLevel = g.logLevel
 	}
 	sys := &types.SystemContext{
 		AuthFilePath:       f.authFile,
@@ -209,7 +206,7 @@ may reuse its layers. The files are still served by the layer store.`,
 					return err
 				}
 			}
-			cfg, err := storagedriver.LoadConfig(g.configPath)
+			cfg, err := loadConfig(g)
 			if err != nil {
 				return err
 			}

@@ -8,6 +8,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	storagedriver "github.com/lazypull/lazypull/storage_driver"
 )
 
 func newServeCommand(g *globalFlags) *cobra.Command {
@@ -24,14 +26,18 @@ serves layers to podman until interrupted. Configuration: /etc/lazypull/config.t
 				return err
 			}
 			log := newLogger(cfg)
+			// Name every missing piece (FUSE device, fusermount3,
+			// user_allow_other, directories) before trying to mount.
+			if err := storagedriver.Preflight(cfg); err != nil {
+				return err
+			}
 			if cfg.Cache.MemoryLimit > 0 {
 				debug.SetMemoryLimit(int64(cfg.Cache.MemoryLimit))
 			}
-			st, auth, err := openStore(cfg, log)
+			st, err := openStore(cfg, log)
 			if err != nil {
 				return err
 			}
-			defer auth.Close()
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return st.Serve(ctx, nil)

@@ -18,6 +18,7 @@ import (
 	"github.com/containers/storage"
 	"github.com/containers/storage/pkg/unshare"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/lazypull/lazypull/layerstore/config"
 	"github.com/lazypull/lazypull/layerstore/control"
@@ -26,14 +27,13 @@ import (
 
 // pullFlags mirror the podman flags of the same names.
 type pullFlags struct {
-	root, runRoot, driver string
-	storageOpts           []string
-	authFile, policy      string
-	tlsVerify             bool
-	arch, os, variant     string
-	eager, quiet          bool
-	verify                bool
-	verifyTimeout         time.Duration
+	storeFlags
+	authFile, policy  string
+	tlsVerify         bool
+	arch, os, variant string
+	eager, quiet      bool
+	verify            bool
+	verifyTimeout     time.Duration
 }
 
 func newPullCommand(g *globalFlags) *cobra.Command {
@@ -68,10 +68,7 @@ store is mounted (contrib/systemd/user/lazypull.service).`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.root, "root", "", "storage root directory (default: storage.conf's graphroot)")
-	fl.StringVar(&f.runRoot, "runroot", "", "storage state directory (default: storage.conf's runroot)")
-	fl.StringVar(&f.driver, "storage-driver", "", "storage driver (default: storage.conf's driver)")
-	fl.StringArrayVar(&f.storageOpts, "storage-opt", nil, "storage driver option (replaces storage.conf's driver options, like podman)")
+	f.storeFlags.register(fl)
 	fl.StringVar(&f.authFile, "authfile", os.Getenv("REGISTRY_AUTH_FILE"), "registry credentials file (default: podman's search order)")
 	fl.StringVar(&f.policy, "signature-policy", "", "signature policy file (default: podman's policy.json)")
 	fl.BoolVar(&f.tlsVerify, "tls-verify", true, "require HTTPS and verify certificates (registries.conf may still mark a registry insecure)")
@@ -210,21 +207,9 @@ may reuse its layers. The files are still served by the layer store.`,
 			if err != nil {
 				return err
 			}
-			opts, err := storage.DefaultStoreOptions()
+			opts, err := f.storeOptions()
 			if err != nil {
-				return fmt.Errorf("storage configuration: %w", err)
-			}
-			if f.root != "" {
-				opts.GraphRoot = f.root
-			}
-			if f.runRoot != "" {
-				opts.RunRoot = f.runRoot
-			}
-			if f.driver != "" {
-				opts.GraphDriverName = f.driver
-			}
-			if len(f.storageOpts) > 0 {
-				opts.GraphDriverOptions = f.storageOpts
+				return err
 			}
 			store, err := storage.GetStore(opts)
 			if err != nil {
@@ -235,12 +220,44 @@ may reuse its layers. The files are still served by the layer store.`,
 		},
 	}
 	fl := cmd.Flags()
+	f.storeFlags.register(fl)
+	fl.DurationVar(&f.verifyTimeout, "timeout", 30*time.Minute, "how long to wait for the layer store")
+	return cmd
+}
+
+// storeFlags choose podman's storage, with podman's flag names.
+type storeFlags struct {
+	root, runRoot, driver string
+	storageOpts           []string
+}
+
+func (f *storeFlags) register(fl *pflag.FlagSet) {
 	fl.StringVar(&f.root, "root", "", "storage root directory (default: storage.conf's graphroot)")
 	fl.StringVar(&f.runRoot, "runroot", "", "storage state directory (default: storage.conf's runroot)")
 	fl.StringVar(&f.driver, "storage-driver", "", "storage driver (default: storage.conf's driver)")
-	fl.StringArrayVar(&f.storageOpts, "storage-opt", nil, "storage driver option")
-	fl.DurationVar(&f.verifyTimeout, "timeout", 30*time.Minute, "how long to wait for the layer store")
-	return cmd
+	fl.StringArrayVar(&f.storageOpts, "storage-opt", nil, "storage driver option (replaces storage.conf's driver options, like podman)")
+}
+
+// storeOptions returns podman's store options (storage.conf) with the
+// flags' overrides.
+func (f *storeFlags) storeOptions() (storage.StoreOptions, error) {
+	opts, err := storage.DefaultStoreOptions()
+	if err != nil {
+		return opts, fmt.Errorf("storage configuration: %w", err)
+	}
+	if f.root != "" {
+		opts.GraphRoot = f.root
+	}
+	if f.runRoot != "" {
+		opts.RunRoot = f.runRoot
+	}
+	if f.driver != "" {
+		opts.GraphDriverName = f.driver
+	}
+	if len(f.storageOpts) > 0 {
+		opts.GraphDriverOptions = f.storageOpts
+	}
+	return opts, nil
 }
 
 // parseImageName parses a fully qualified image name ("docker://" allowed).
@@ -262,21 +279,9 @@ func parseImageName(name string) (reference.Named, error) {
 // overrides and, for an overlay store without it, the running layer store's
 // mount as Additional Layer Store.
 func pullStoreOptions(ctx context.Context, f *pullFlags, cfg config.Config, progress io.Writer) (storage.StoreOptions, error) {
-	opts, err := storage.DefaultStoreOptions()
+	opts, err := f.storeOptions()
 	if err != nil {
-		return opts, fmt.Errorf("storage configuration: %w", err)
-	}
-	if f.root != "" {
-		opts.GraphRoot = f.root
-	}
-	if f.runRoot != "" {
-		opts.RunRoot = f.runRoot
-	}
-	if f.driver != "" {
-		opts.GraphDriverName = f.driver
-	}
-	if len(f.storageOpts) > 0 {
-		opts.GraphDriverOptions = f.storageOpts
+		return opts, err
 	}
 	if f.eager || opts.GraphDriverName == storagedriver.DriverName {
 		return opts, nil // the lazypull driver configures itself

@@ -56,20 +56,7 @@ func Diff(want, got Tree, opts ...DiffOption) []string {
 	for _, o := range opts {
 		o(&c)
 	}
-	paths := make(map[string]bool, len(want))
-	for p := range want {
-		paths[p] = true
-	}
-	for p := range got {
-		paths[p] = true
-	}
-	sorted := make([]string, 0, len(paths))
-	for p := range paths {
-		if !c.ignoredPath(p) {
-			sorted = append(sorted, p)
-		}
-	}
-	slices.Sort(sorted)
+	sorted := unionKeys(want, got, c.ignoredPath)
 
 	var diffs []string
 	for _, p := range sorted {
@@ -144,20 +131,7 @@ func (c *diffConfig) diffNode(w, g Node) []string {
 }
 
 func (c *diffConfig) diffXattrs(w, g map[string][]byte) []string {
-	names := make(map[string]bool)
-	for k := range w {
-		names[k] = true
-	}
-	for k := range g {
-		names[k] = true
-	}
-	sorted := make([]string, 0, len(names))
-	for k := range names {
-		if !c.ignoredXattr(k) {
-			sorted = append(sorted, k)
-		}
-	}
-	slices.Sort(sorted)
+	sorted := unionKeys(w, g, c.ignoredXattr)
 	var d []string
 	for _, k := range sorted {
 		wv, inW := w[k]
@@ -176,4 +150,21 @@ func (c *diffConfig) diffXattrs(w, g map[string][]byte) []string {
 
 func fmtTime(ns int64) string {
 	return time.Unix(0, ns).UTC().Format(time.RFC3339Nano)
+}
+
+// unionKeys returns the keys of a and b, sorted, without those ignored.
+func unionKeys[V any](a, b map[string]V, ignored func(string) bool) []string {
+	keys := make([]string, 0, len(a)+len(b))
+	for k := range a {
+		if !ignored(k) {
+			keys = append(keys, k)
+		}
+	}
+	for k := range b {
+		if _, inA := a[k]; !inA && !ignored(k) {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	return keys
 }

@@ -2,61 +2,68 @@ package artifact
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
-	"sync"
-	"time"
 
 	digest "github.com/opencontainers/go-digest"
+
+	"github.com/lazypull/lazypull/layerstore/diskcache"
 )
 
 // Local is the artifact store in a local directory:
 //
-//	<dir>/blobs/<alg>/<hex>   content-addressed blobs
-//	<dir>/refs/<kind>/<key>   a mapping: the target digest as text
+//	<dir>/cas/<alg>-<hex>/blob   content-addressed blobs (a diskcache.Cache)
+//	<dir>/refs/<kind>/<key>      a mapping: the target digest as text
 //
-// Every file is written atomically (temporary file and rename). Blobs are
-// evicted least recently used first (by modification time, refreshed on
-// read) when the store grows beyond its cap; pinned blobs are kept.
+// Every file is written atomically and durably (diskcache's rule). Blobs are
+// evicted least recently used first when the store grows beyond its cap;
+// pinned blobs are kept. Mappings are tiny and never evicted; one whose blob
+// is gone reads as missing.
 type Local struct {
-	dir string
-
-	mu sync.Mutex // guards the fields below
-	// max is the cap in bytes of blobs (0 = no cap).
-	max  int64
-	pins map[digest.Digest]int
+	dir   string
+	blobs *diskcache.Cache
 }
 
 var _ Backend = (*Local)(nil)
 
-// OpenLocal opens (creating it if needed) a local store in dir with a cap of
-// maxBytes of blobs (0 = none). Temporary files of interrupted writes are
-// removed.
+// blobName is the entry name of a blob in its group.
+const blobName = "blob"
+
+// OpenLocal opens (creating it if needed, mode 0700) a local store in dir
+// with a cap of maxBytes of blobs (0 = none). Temporary files of
+// interrupted writes are removed, and so is the blob directory of the
+// earlier layout (<dir>/blobs).
 func OpenLocal(dir string, maxBytes int64) (*Local, error) {
-	for _, sub := range []string{"blobs", "refs"} {
-		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Join(dir, "refs"), 0o700); err != nil {
+		return nil, fmt.Errorf("artifact: %w", err)
+	}
+	_ = os.RemoveAll(filepath.Join(dir, "blobs")) // layout before diskcache: re-fetched or rebuilt when needed
+	for _, kind := range []RefKind{ImageRef, LayerRef} {
+		if err := diskcache.RemoveTemporaries(filepath.Join(dir, "refs", string(kind))); err != nil {
 			return nil, fmt.Errorf("artifact: %w", err)
 		}
 	}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err == nil && !d.IsDir() && strings.HasPrefix(d.Name(), ".tmp-") {
-			return os.Remove(p)
-		}
-		return err
-	})
+	blobs, err := diskcache.Open(filepath.Join(dir, "cas"), maxBytes)
 	if err != nil {
-		return nil, fmt.Errorf("artifact: scan %s: %w", dir, err)
+		return nil, fmt.Errorf("artifact: %w", err)
 	}
-	return &Local{dir: dir, max: maxBytes, pins: make(map[digest.Digest]int)}, nil
+	return &Local{dir: dir, blobs: blobs}, nil
 }
 
-func (l *Local) blobPath(d digest.Digest) string {
-	return filepath.Join(l.dir, "blobs", d.Algorithm().String(), d.Encoded())
+// group is the diskcache group of blob d (its pin unit).
+func group(d digest.Digest) string { return d.Algorithm().String() + "-" + d.Encoded() }
+
+func blobKey(d digest.Digest) (diskcache.Key, error) {
+	if err := d.Validate(); err != nil {
+		return diskcache.Key{}, fmt.Errorf("artifact: %w", err)
+	}
+	return diskcache.Key{Group: group(d), Name: blobName}, nil
 }
 
 func (l *Local) refPath(kind RefKind, key string) (string, error) {
@@ -69,57 +76,63 @@ func (l *Local) refPath(kind RefKind, key string) (string, error) {
 	return filepath.Join(l.dir, "refs", string(kind), key), nil
 }
 
-// Open opens blob d for reading at random offsets (zTOCs are read this way so
-// their checkpoint windows stay on disk). The caller closes the file.
-func (l *Local) Open(d digest.Digest) (*os.File, int64, error) {
-	if err := d.Validate(); err != nil {
-		return nil, 0, fmt.Errorf("artifact: %w", err)
+func notFoundErr(d digest.Digest, err error) error {
+	if errors.Is(err, diskcache.ErrNotFound) {
+		return fmt.Errorf("artifact: blob %s: %w", d, ErrNotFound)
 	}
-	f, err := os.Open(l.blobPath(d))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, 0, fmt.Errorf("artifact: blob %s: %w", d, ErrNotFound)
-	}
-	if err != nil {
-		return nil, 0, fmt.Errorf("artifact: %w", err)
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, 0, fmt.Errorf("artifact: %w", err)
-	}
-	l.touch(l.blobPath(d), st.ModTime())
-	return f, st.Size(), nil
+	return fmt.Errorf("artifact: blob %s: %w", d, err)
 }
 
-// touch refreshes a file's modification time (the access time that orders
-// eviction), at most once a minute.
-func (l *Local) touch(p string, mtime time.Time) {
-	if now := time.Now(); now.Sub(mtime) > time.Minute {
-		_ = os.Chtimes(p, now, now) // best effort
+// Open opens blob d for reading at random offsets (zTOCs are read this way
+// so their checkpoint windows stay on disk), after checking its content
+// against d (a blob damaged on disk is dropped). The caller closes the file.
+func (l *Local) Open(d digest.Digest) (*os.File, int64, error) {
+	k, err := blobKey(d)
+	if err != nil {
+		return nil, 0, err
 	}
+	f, size, err := l.blobs.Open(k)
+	if err != nil {
+		return nil, 0, notFoundErr(d, err)
+	}
+	h := sha256.New()
+	if d.Algorithm() != digest.SHA256 {
+		f.Close()
+		return nil, 0, fmt.Errorf("artifact: blob %s: unsupported digest algorithm", d)
+	}
+	if _, err := io.Copy(h, io.NewSectionReader(f, 0, size)); err != nil {
+		f.Close()
+		return nil, 0, fmt.Errorf("artifact: read blob %s: %w", d, err)
+	}
+	if got := digest.NewDigest(digest.SHA256, h); got != d {
+		f.Close()
+		_ = l.blobs.Remove(k)
+		return nil, 0, fmt.Errorf("artifact: blob %s dropped: content has digest %s", d, got)
+	}
+	return f, size, nil
 }
 
 // ReadBlob implements Backend; the blob is verified against d.
 func (l *Local) ReadBlob(_ context.Context, d digest.Digest) ([]byte, error) {
-	if err := d.Validate(); err != nil {
-		return nil, fmt.Errorf("artifact: %w", err)
-	}
-	p := l.blobPath(d)
-	data, err := os.ReadFile(p)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("artifact: blob %s: %w", d, ErrNotFound)
-	}
+	k, err := blobKey(d)
 	if err != nil {
-		return nil, fmt.Errorf("artifact: %w", err)
+		return nil, err
+	}
+	data, err := l.blobs.ReadFile(k)
+	if err != nil {
+		return nil, notFoundErr(d, err)
 	}
 	if err := verify(d, data); err != nil {
-		os.Remove(p) // corrupt (e.g. disk damage): drop it, it will be fetched or rebuilt
+		_ = l.blobs.Remove(k) // damaged on disk: drop it, it will be fetched or rebuilt
 		return nil, fmt.Errorf("artifact: blob %s dropped: %w", d, err)
 	}
-	if st, err := os.Stat(p); err == nil {
-		l.touch(p, st.ModTime())
-	}
 	return data, nil
+}
+
+// HasBlob reports whether blob d is stored (without reading it).
+func (l *Local) HasBlob(d digest.Digest) bool {
+	k, err := blobKey(d)
+	return err == nil && l.blobs.Has(k)
 }
 
 // WriteBlob implements Backend.
@@ -127,14 +140,16 @@ func (l *Local) WriteBlob(_ context.Context, d digest.Digest, data []byte) error
 	if err := verify(d, data); err != nil {
 		return err
 	}
-	p := l.blobPath(d)
-	if _, err := os.Stat(p); err == nil {
-		return nil
-	}
-	if err := writeAtomic(p, data); err != nil {
+	k, err := blobKey(d)
+	if err != nil {
 		return err
 	}
-	l.evict()
+	if l.blobs.Has(k) {
+		return nil
+	}
+	if err := l.blobs.Put(k, data); err != nil {
+		return fmt.Errorf("artifact: store blob %s: %w", d, err)
+	}
 	return nil
 }
 
@@ -157,7 +172,7 @@ func (l *Local) ReadRef(_ context.Context, kind RefKind, key string) (digest.Dig
 		return "", fmt.Errorf("artifact: %s mapping %s is corrupt, dropped: %w", kind, key, err)
 	}
 	// A mapping whose blob was evicted is as good as missing.
-	if _, err := os.Stat(l.blobPath(d)); err != nil {
+	if !l.HasBlob(d) {
 		return "", fmt.Errorf("artifact: %s mapping %s -> %s: blob gone: %w", kind, key, d, ErrNotFound)
 	}
 	return d, nil
@@ -172,7 +187,10 @@ func (l *Local) WriteRef(_ context.Context, kind RefKind, key string, target dig
 	if err != nil {
 		return err
 	}
-	return writeAtomic(p, []byte(target.String()+"\n"))
+	if err := diskcache.WriteFile(p, []byte(target.String()+"\n"), 0o600); err != nil {
+		return fmt.Errorf("artifact: %w", err)
+	}
+	return nil
 }
 
 // DeleteRef removes a mapping (e.g. one pointing to a zTOC found wrong).
@@ -189,147 +207,28 @@ func (l *Local) DeleteRef(kind RefKind, key string) error {
 
 // DeleteBlob removes blob d (e.g. a zTOC found to be wrong).
 func (l *Local) DeleteBlob(d digest.Digest) error {
-	if err := os.Remove(l.blobPath(d)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("artifact: %w", err)
+	k, err := blobKey(d)
+	if err != nil {
+		return err
 	}
-	return nil
+	return l.blobs.Remove(k)
 }
 
 // Pin keeps blob d from eviction until a matching Unpin.
-func (l *Local) Pin(d digest.Digest) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.pins[d]++
-}
+func (l *Local) Pin(d digest.Digest) { l.blobs.Pin(group(d)) }
 
 // Unpin undoes one Pin.
-func (l *Local) Unpin(d digest.Digest) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.pins[d] <= 1 {
-		delete(l.pins, d)
-		return
-	}
-	l.pins[d]--
-}
+func (l *Local) Unpin(d digest.Digest) { l.blobs.Unpin(group(d)) }
 
 // Max returns the cap in bytes (0 = none).
-func (l *Local) Max() int64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.max
-}
+func (l *Local) Max() int64 { return l.blobs.Max() }
 
 // SetMax changes the cap and evicts what exceeds it.
-func (l *Local) SetMax(maxBytes int64) {
-	l.mu.Lock()
-	l.max = maxBytes
-	l.mu.Unlock()
-	l.evict()
-}
+func (l *Local) SetMax(maxBytes int64) { l.blobs.SetMax(maxBytes) }
 
-type blobFile struct {
-	d     digest.Digest
-	path  string
-	size  int64
-	mtime time.Time
-}
-
-// Usage returns the number and total size of blobs.
-func (l *Local) Usage() (n int, size int64, err error) {
-	blobs, err := l.blobs()
-	for _, b := range blobs {
-		size += b.size
-	}
-	return len(blobs), size, err
-}
-
-func (l *Local) blobs() ([]blobFile, error) {
-	var out []blobFile
-	root := filepath.Join(l.dir, "blobs")
-	err := filepath.WalkDir(root, func(p string, de fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
-		if de.IsDir() || strings.HasPrefix(de.Name(), ".tmp-") {
-			return nil
-		}
-		alg := filepath.Base(filepath.Dir(p))
-		d := digest.NewDigestFromEncoded(digest.Algorithm(alg), de.Name())
-		if d.Validate() != nil {
-			return nil
-		}
-		info, err := de.Info()
-		if err != nil {
-			return nil
-		}
-		out = append(out, blobFile{d: d, path: p, size: info.Size(), mtime: info.ModTime()})
-		return nil
-	})
-	return out, err
-}
+// Stats returns the blob store's counters (entries are blobs).
+func (l *Local) Stats() diskcache.Stats { return l.blobs.Stats() }
 
 // Prune evicts unpinned blobs, least recently used first, until at most
 // target bytes remain. It returns the bytes freed.
-func (l *Local) Prune(target int64) (int64, error) {
-	blobs, err := l.blobs()
-	if err != nil {
-		return 0, fmt.Errorf("artifact: %w", err)
-	}
-	var size int64
-	for _, b := range blobs {
-		size += b.size
-	}
-	slices.SortFunc(blobs, func(a, b blobFile) int { return a.mtime.Compare(b.mtime) })
-	var freed int64
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, b := range blobs {
-		if size-freed <= target {
-			break
-		}
-		if l.pins[b.d] > 0 {
-			continue
-		}
-		if err := os.Remove(b.path); err == nil {
-			freed += b.size
-		}
-	}
-	return freed, nil
-}
-
-func (l *Local) evict() {
-	l.mu.Lock()
-	max := l.max
-	l.mu.Unlock()
-	if max > 0 {
-		_, _ = l.Prune(max) // best effort; the next write tries again
-	}
-}
-
-// writeAtomic writes data to p through a temporary file in the same
-// directory and a rename, so readers never see a partial file.
-func writeAtomic(p string, data []byte) error {
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return fmt.Errorf("artifact: %w", err)
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(p), ".tmp-")
-	if err != nil {
-		return fmt.Errorf("artifact: %w", err)
-	}
-	_, werr := tmp.Write(data)
-	serr := tmp.Sync()
-	cerr := tmp.Close()
-	if err := errors.Join(werr, serr, cerr); err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("artifact: write %s: %w", p, err)
-	}
-	if err := os.Rename(tmp.Name(), p); err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("artifact: %w", err)
-	}
-	return nil
-}
+func (l *Local) Prune(target int64) int64 { return l.blobs.Prune(target) }

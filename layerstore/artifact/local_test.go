@@ -1,7 +1,6 @@
 package artifact
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -13,111 +12,102 @@ import (
 	digest "github.com/opencontainers/go-digest"
 )
 
-func TestLocalBlobsAndRefs(t *testing.T) {
+func blobFile(l *Local, d digest.Digest) string {
+	return filepath.Join(l.dir, "cas", group(d), blobName)
+}
+
+func TestLocalDanglingRef(t *testing.T) {
 	ctx := context.Background()
-	l, err := OpenLocal(t.TempDir(), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, _ := OpenLocal(t.TempDir(), 0)
 	data := []byte("a ztoc")
 	d := digest.FromBytes(data)
-	if _, err := l.ReadBlob(ctx, d); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("ReadBlob(missing) = %v, want ErrNotFound", err)
-	}
-	if err := l.WriteBlob(ctx, digest.FromString("other"), data); err == nil {
-		t.Fatal("WriteBlob with a wrong digest succeeded")
-	}
-	if err := l.WriteBlob(ctx, d, data); err != nil {
-		t.Fatal(err)
-	}
-	got, err := l.ReadBlob(ctx, d)
-	if err != nil || !bytes.Equal(got, data) {
-		t.Fatalf("ReadBlob = %q, %v", got, err)
-	}
-	key := ImageKey(digest.FromString("manifest"), 4<<20)
-	if err := l.WriteRef(ctx, ImageRef, key, d); err != nil {
-		t.Fatal(err)
-	}
-	if got, err := l.ReadRef(ctx, ImageRef, key); err != nil || got != d {
-		t.Fatalf("ReadRef = %v, %v, want %v", got, err, d)
-	}
-	if _, err := l.ReadRef(ctx, LayerRef, key); !errors.Is(err, ErrNotFound) {
-		t.Errorf("ReadRef(other kind) = %v, want ErrNotFound", err)
-	}
-	if err := l.WriteRef(ctx, ImageRef, "../escape", d); err == nil {
-		t.Error("WriteRef accepted a key with a path")
-	}
+	l.WriteBlob(ctx, d, data)
+	key := LayerKey(digest.FromString("layer"), 4<<20)
+	l.WriteRef(ctx, LayerRef, key, d)
 	// A mapping whose blob is gone is missing, not an error later.
 	if err := l.DeleteBlob(d); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.ReadRef(ctx, ImageRef, key); !errors.Is(err, ErrNotFound) {
+	if _, err := l.ReadRef(ctx, LayerRef, key); !errors.Is(err, ErrNotFound) {
 		t.Errorf("ReadRef(dangling) = %v, want ErrNotFound", err)
 	}
 }
 
 func TestLocalCorruptBlobDropped(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	l, _ := OpenLocal(dir, 0)
-	data := []byte("good bytes")
-	d := digest.FromBytes(data)
-	l.WriteBlob(ctx, d, data)
-	if err := os.WriteFile(l.blobPath(d), []byte("bad bytes!"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := l.ReadBlob(ctx, d); err == nil || !strings.Contains(err.Error(), "dropped") {
-		t.Fatalf("ReadBlob(corrupt) = %v, want a dropped error", err)
-	}
-	if _, err := os.Stat(l.blobPath(d)); !os.IsNotExist(err) {
-		t.Error("corrupt blob still on disk")
+	for _, read := range []string{"ReadBlob", "Open"} {
+		t.Run(read, func(t *testing.T) {
+			l, _ := OpenLocal(t.TempDir(), 0)
+			data := []byte("good bytes")
+			d := digest.FromBytes(data)
+			l.WriteBlob(ctx, d, data)
+			if err := os.WriteFile(blobFile(l, d), []byte("bad bytes!"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			var err error
+			if read == "ReadBlob" {
+				_, err = l.ReadBlob(ctx, d)
+			} else {
+				var f *os.File
+				if f, _, err = l.Open(d); f != nil {
+					f.Close()
+				}
+			}
+			if err == nil || !strings.Contains(err.Error(), "dropped") {
+				t.Fatalf("%s(corrupt) = %v, want a dropped error", read, err)
+			}
+			if _, err := os.Stat(blobFile(l, d)); !os.IsNotExist(err) || l.HasBlob(d) {
+				t.Error("corrupt blob still stored")
+			}
+		})
 	}
 }
 
 func TestLocalEvictionKeepsPinned(t *testing.T) {
 	ctx := context.Background()
-	l, _ := OpenLocal(t.TempDir(), 0)
+	dir := t.TempDir()
+	l, _ := OpenLocal(dir, 0)
 	var ds []digest.Digest
 	for i := 0; i < 4; i++ {
-		data := bytes.Repeat([]byte{byte('a' + i)}, 100)
+		data := []byte(strings.Repeat(string(rune('a'+i)), 100))
 		d := digest.FromBytes(data)
 		l.WriteBlob(ctx, d, data)
 		old := time.Now().Add(time.Duration(i-10) * time.Hour)
-		os.Chtimes(l.blobPath(d), old, old)
+		os.Chtimes(blobFile(l, d), old, old)
 		ds = append(ds, d)
 	}
+	// Reopen so the modification times order the blobs.
+	l, _ = OpenLocal(dir, 0)
 	l.Pin(ds[0]) // the oldest, but in use
 	l.SetMax(200)
-	n, size, _ := l.Usage()
-	if n != 2 || size != 200 {
-		t.Errorf("after SetMax(200): %d blobs, %d bytes; want 2, 200", n, size)
+	if s := l.Stats(); s.Entries != 2 || s.Bytes != 200 {
+		t.Errorf("after SetMax(200): %d blobs, %d bytes; want 2, 200", s.Entries, s.Bytes)
 	}
-	for i, want := range []bool{true, false, true, true} {
-		_, err := os.Stat(l.blobPath(ds[i]))
-		if got := err == nil; i != 1 && i != 2 && got != want {
-			t.Errorf("blob %d present = %v, want %v", i, got, want)
+	for i, want := range []bool{true, false, false, true} {
+		if got := l.HasBlob(ds[i]); got != want {
+			t.Errorf("blob %d present = %v, want %v (pinned oldest and newest kept)", i, got, want)
 		}
-	}
-	if _, err := os.Stat(l.blobPath(ds[0])); err != nil {
-		t.Error("pinned blob evicted")
-	}
-	if _, err := os.Stat(l.blobPath(ds[3])); err != nil {
-		t.Error("most recent blob evicted")
 	}
 }
 
-func TestOpenLocalRemovesTemporaries(t *testing.T) {
+func TestOpenLocalRemovesTemporariesAndOldLayout(t *testing.T) {
 	dir := t.TempDir()
 	l, _ := OpenLocal(dir, 0)
-	tmp := filepath.Join(dir, "blobs", ".tmp-123")
+	l.WriteRef(context.Background(), LayerRef, LayerKey(digest.FromString("x"), 1), digest.FromString("y"))
+	tmp := filepath.Join(dir, "refs", "layer", ".tmp-123")
 	os.WriteFile(tmp, []byte("partial"), 0o600)
+	old := filepath.Join(dir, "blobs", "sha256", "abc")
+	os.MkdirAll(filepath.Dir(old), 0o700)
+	os.WriteFile(old, []byte("old layout"), 0o600)
 	if _, err := OpenLocal(dir, 0); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(tmp); !os.IsNotExist(err) {
 		t.Error("temporary file kept")
 	}
-	_ = l
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Error("blob of the old layout kept")
+	}
 }
 
 func TestKeysDiffer(t *testing.T) {

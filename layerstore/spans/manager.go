@@ -1,0 +1,575 @@
+package spans
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/lazypull/lazypull/layerstore/diskcache"
+	"github.com/lazypull/lazypull/layerstore/remote"
+)
+
+// ErrLayerBad is returned for every read of a layer found not to be what
+// its image says (a span that does not match its digest twice, or a failed
+// whole-layer verification).
+var ErrLayerBad = errors.New("layer failed verification")
+
+// Layout is the span geometry of one layer and what checks and inflates its
+// spans. Span ids run from 0 to NumSpans()-1; uncompressed ranges tile the
+// layer's uncompressed stream in order.
+type Layout interface {
+	NumSpans() int
+	// CompressedRange is span id's byte range [start, end) in the blob.
+	CompressedRange(id int) (start, end int64)
+	// UncompressedRange is the range [start, end) of the uncompressed
+	// stream that span id inflates to.
+	UncompressedRange(id int) (start, end int64)
+	// SpanOf returns the span holding uncompressed offset off.
+	SpanOf(off int64) int
+	// Verify checks span id's compressed bytes (length and digest); an
+	// error means they are not the span.
+	Verify(id int, compressed []byte) error
+	// Inflate returns span id's uncompressed bytes from its verified
+	// compressed bytes, in dst when it has room.
+	Inflate(id int, compressed, dst []byte) ([]byte, error)
+}
+
+// Source reads byte ranges of the layer blob: a registry (remote.Blob), or
+// a fake in tests.
+type Source interface {
+	ReadRanges(ctx context.Context, ranges []remote.Range) ([][]byte, error)
+}
+
+// Options are what a Manager works with.
+type Options struct {
+	Layout Layout
+	// Sources returns the registry sources of the blob, preferred first;
+	// each fetch asks them in turn.
+	Sources func() []Source
+	// Cache keeps spans on disk under Group: "c<id>" compressed, "u<id>"
+	// inflated.
+	Cache *diskcache.Cache
+	Group string
+	// Scheduler gives fetches their turn.
+	Scheduler *Scheduler
+	// ReadAheadBytes is how much compressed data a sequential reader's
+	// read-ahead asks for at once (at least one span). Default 8 MiB;
+	// negative disables read-ahead.
+	ReadAheadBytes int64
+	// OnBad is called once, on its own goroutine, when the layer is found
+	// bad by a fetch (a span that did not match its digest twice).
+	OnBad func(reason string)
+	// Log receives the Manager's warnings. Default: silent.
+	Log *logrus.Entry
+}
+
+// Stats are a Manager's counters.
+type Stats struct {
+	// FetchedBytes and FetchedSpans count what came from registries.
+	FetchedBytes, FetchedSpans int64
+	// Inflations counts spans inflated; DiskReads reads served from
+	// inflated spans on disk.
+	Inflations, DiskReads int64
+	// BadCached counts cached spans that failed verification (dropped).
+	BadCached int64
+}
+
+// Manager owns the spans of one layer. Safe for concurrent use.
+type Manager struct {
+	o      Options
+	n      int
+	size   int64 // uncompressed length of the stream
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // fetch jobs and inflations
+
+	bad   atomic.Pointer[string]
+	stats struct {
+		fetchedBytes, fetchedSpans, inflations, diskReads, badCached atomic.Int64
+	}
+
+	mu    sync.Mutex // guards spans and closed
+	spans []span
+	// closed is set by Close: no new jobs or inflations start.
+	closed bool
+}
+
+// span is what the Manager holds of one span in memory: its flights and the
+// bytes not yet committed to disk.
+type span struct {
+	job  *job       // fetching: the fetch in flight
+	inf  *inflation // the inflation in flight
+	comp []byte     // fetched, verified, being committed
+	unc  []byte     // inflated, being committed
+	hot  bool       // read on demand
+}
+
+// job fetches a run of adjacent spans with one range request.
+type job struct {
+	first, last int
+	ticket      *Ticket
+	done        chan struct{}
+	// Set before done is closed: per span of the run, its verified
+	// compressed bytes, or an error.
+	data [][]byte
+	errs []error
+}
+
+// err returns the outcome of span id of the run.
+func (j *job) err(id int) error { return j.errs[id-j.first] }
+
+// inflation inflates one span.
+type inflation struct {
+	done chan struct{}
+	data []byte
+	err  error
+}
+
+// New returns the Manager of a layer.
+func New(o Options) *Manager {
+	if o.ReadAheadBytes == 0 {
+		o.ReadAheadBytes = 8 << 20
+	}
+	if o.Log == nil {
+		silent := logrus.New()
+		silent.SetOutput(io.Discard)
+		o.Log = logrus.NewEntry(silent)
+	}
+	n := o.Layout.NumSpans()
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &Manager{o: o, n: n, ctx: ctx, cancel: cancel, spans: make([]span, n)}
+	if n > 0 {
+		_, m.size = o.Layout.UncompressedRange(n - 1)
+	}
+	return m
+}
+
+// NumSpans returns the number of spans.
+func (m *Manager) NumSpans() int { return m.n }
+
+// Close cancels the fetches and inflations in flight and waits for them.
+// Reads after Close fail.
+func (m *Manager) Close() {
+	m.mu.Lock()
+	m.closed = true
+	m.mu.Unlock()
+	m.cancel()
+	m.wg.Wait()
+}
+
+// MarkBad takes the layer out of service: every later read fails with
+// ErrLayerBad. It reports whether the layer was good until now.
+func (m *Manager) MarkBad(reason string) bool {
+	return m.bad.CompareAndSwap(nil, &reason)
+}
+
+// Bad returns the reason the layer is bad, or "".
+func (m *Manager) Bad() string {
+	if r := m.bad.Load(); r != nil {
+		return *r
+	}
+	return ""
+}
+
+func (m *Manager) badErr() error {
+	if r := m.bad.Load(); r != nil {
+		return fmt.Errorf("%w: %s", ErrLayerBad, *r)
+	}
+	return nil
+}
+
+// Stats returns the counters.
+func (m *Manager) Stats() Stats {
+	return Stats{
+		FetchedBytes: m.stats.fetchedBytes.Load(),
+		FetchedSpans: m.stats.fetchedSpans.Load(),
+		Inflations:   m.stats.inflations.Load(),
+		DiskReads:    m.stats.diskReads.Load(),
+		BadCached:    m.stats.badCached.Load(),
+	}
+}
+
+func (m *Manager) compKey(id int) diskcache.Key {
+	return diskcache.Key{Group: m.o.Group, Name: "c" + strconv.Itoa(id)}
+}
+
+func (m *Manager) uncKey(id int) diskcache.Key {
+	return diskcache.Key{Group: m.o.Group, Name: "u" + strconv.Itoa(id)}
+}
+
+// presentLocked reports whether span id is fetched or inflated.
+func (m *Manager) presentLocked(id int) bool {
+	sp := &m.spans[id]
+	return sp.comp != nil || sp.unc != nil || m.o.Cache.Has(m.compKey(id)) || m.o.Cache.Has(m.uncKey(id))
+}
+
+// Present reports whether span id is here (fetched or inflated).
+func (m *Manager) Present(id int) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.presentLocked(id)
+}
+
+// Hot reports whether span id was read on demand.
+func (m *Manager) Hot(id int) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.spans[id].hot
+}
+
+// Counts returns how many spans are here and how many are being fetched.
+func (m *Manager) Counts() (present, fetching int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id := range m.spans {
+		if m.spans[id].job != nil {
+			fetching++
+		} else if m.presentLocked(id) {
+			present++
+		}
+	}
+	return present, fetching
+}
+
+// ReadAt reads the layer's uncompressed stream at off for a container
+// (Demand priority), fetching and inflating the spans it needs. It returns
+// io.EOF with a short count at the end of the stream. Canceling ctx ends
+// only this read's wait.
+func (m *Manager) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if err := m.badErr(); err != nil {
+		return 0, err
+	}
+	if off < 0 {
+		return 0, fmt.Errorf("negative offset %d", off)
+	}
+	if off >= m.size {
+		return 0, io.EOF
+	}
+	end := min(off+int64(len(p)), m.size)
+	first, last := m.o.Layout.SpanOf(off), m.o.Layout.SpanOf(end-1)
+	sequential := m.markHot(first, last)
+	if err := m.ensure(ctx, first, last, Demand); err != nil {
+		return 0, err
+	}
+	if sequential {
+		m.readAhead(last + 1)
+	}
+	n := 0
+	for id := first; id <= last; id++ {
+		u0, u1 := m.o.Layout.UncompressedRange(id)
+		lo, hi := max(off, u0), min(end, u1)
+		if lo >= hi {
+			continue
+		}
+		if err := m.readSpan(ctx, id, p[lo-off:hi-off], lo-u0); err != nil {
+			return n, err
+		}
+		n += int(hi - lo)
+	}
+	if end < off+int64(len(p)) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// markHot marks first..last read on demand; it reports whether the span
+// before first was (a reader going through the layer in order).
+func (m *Manager) markHot(first, last int) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id := first; id <= last; id++ {
+		m.spans[id].hot = true
+	}
+	return first > 0 && m.spans[first-1].hot
+}
+
+// Fetch makes spans first..last present, fetching the missing ones at
+// priority p, and waits for them.
+func (m *Manager) Fetch(ctx context.Context, first, last int, p Priority) error {
+	if err := m.badErr(); err != nil {
+		return err
+	}
+	if first < 0 || last >= m.n || first > last {
+		return fmt.Errorf("spans %d-%d out of range (%d spans)", first, last, m.n)
+	}
+	return m.ensure(ctx, first, last, p)
+}
+
+// ensure claims the missing spans of first..last (one job per run of
+// adjacent missing spans), raises the jobs already fetching others to p,
+// and waits for all of them. A job preempted while this caller waited is
+// retried (the caller's own priority may be foreground).
+func (m *Manager) ensure(ctx context.Context, first, last int, p Priority) error {
+	for {
+		jobs, err := m.claim(first, last, p)
+		if err != nil {
+			return err
+		}
+		retry := false
+		for _, j := range jobs {
+			select {
+			case <-j.done:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			for id := max(first, j.first); id <= min(last, j.last); id++ {
+				err := j.err(id)
+				switch {
+				case err == nil:
+				case errors.Is(err, ErrPreempted) && !p.background():
+					retry = true
+				default:
+					return err
+				}
+			}
+		}
+		if !retry {
+			return nil
+		}
+	}
+}
+
+// claim starts jobs for the missing spans of first..last at priority p and
+// returns every job covering a span of the range.
+func (m *Manager) claim(first, last int, p Priority) ([]*job, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, fmt.Errorf("spans: %w", context.Canceled)
+	}
+	var jobs []*job
+	runStart := -1
+	flush := func(end int) {
+		if runStart >= 0 {
+			jobs = append(jobs, m.startJobLocked(runStart, end, p))
+			runStart = -1
+		}
+	}
+	for id := first; id <= last; id++ {
+		sp := &m.spans[id]
+		switch {
+		case sp.job != nil:
+			flush(id - 1)
+			sp.job.ticket.Raise(p)
+			if len(jobs) == 0 || jobs[len(jobs)-1] != sp.job {
+				jobs = append(jobs, sp.job)
+			}
+		case m.presentLocked(id):
+			flush(id - 1)
+		default:
+			if runStart < 0 {
+				runStart = id
+			}
+		}
+	}
+	flush(last)
+	return jobs, nil
+}
+
+// startJobLocked claims first..last (missing -> fetching) and starts their
+// fetch.
+func (m *Manager) startJobLocked(first, last int, p Priority) *job {
+	for id := first; id <= last; id++ {
+		if m.spans[id].job != nil || m.presentLocked(id) {
+			panic(fmt.Sprintf("spans: claim of span %d, which is not missing", id))
+		}
+	}
+	return m.newJobLocked(first, last, p)
+}
+
+// newJobLocked starts the fetch of first..last, none of which is being
+// fetched.
+func (m *Manager) newJobLocked(first, last int, p Priority) *job {
+	c0, _ := m.o.Layout.CompressedRange(first)
+	_, c1 := m.o.Layout.CompressedRange(last)
+	j := &job{first: first, last: last, done: make(chan struct{})}
+	j.ticket = m.o.Scheduler.Ticket(m.ctx, p, c1-c0)
+	for id := first; id <= last; id++ {
+		if m.spans[id].job != nil {
+			panic(fmt.Sprintf("spans: span %d claimed twice", id))
+		}
+		m.spans[id].job = j
+	}
+	m.wg.Add(1)
+	go m.run(j)
+	return j
+}
+
+// readAhead fetches, in the background at ReadAhead priority, the missing
+// spans among the next ReadAheadBytes (of compressed data) from span id on,
+// one request per run; nothing waits for it.
+func (m *Manager) readAhead(id int) {
+	if m.o.ReadAheadBytes < 0 || id >= m.n {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return
+	}
+	runStart := -1
+	size := int64(0)
+	end := id
+	for ; end < m.n && (end == id || size < m.o.ReadAheadBytes); end++ {
+		c0, c1 := m.o.Layout.CompressedRange(end)
+		size += c1 - c0
+		missing := m.spans[end].job == nil && !m.presentLocked(end)
+		switch {
+		case missing && runStart < 0:
+			runStart = end
+		case !missing && runStart >= 0:
+			m.startJobLocked(runStart, end-1, ReadAhead)
+			runStart = -1
+		}
+	}
+	if runStart >= 0 {
+		m.startJobLocked(runStart, end-1, ReadAhead)
+	}
+}
+
+// run fetches a job's spans (one range request), verifies them (a span
+// that does not match is fetched once more on its own; a second mismatch
+// makes the layer bad), lands them, and commits them to disk.
+func (m *Manager) run(j *job) {
+	defer m.wg.Done()
+	n := j.last - j.first + 1
+	j.data, j.errs = make([][]byte, n), make([]error, n)
+	err := func() (err error) {
+		defer recoverTo(&err)
+		if err := j.ticket.Wait(m.ctx); err != nil {
+			return err
+		}
+		return m.fetchRun(j)
+	}()
+	j.ticket.Done()
+	if err != nil {
+		for i := range j.errs {
+			j.errs[i] = err
+		}
+	}
+	// Land: fetching -> fetched (bytes kept in memory until committed), or
+	// back to missing.
+	m.mu.Lock()
+	for id := j.first; id <= j.last; id++ {
+		sp := &m.spans[id]
+		if sp.job != j {
+			panic(fmt.Sprintf("spans: span %d landed by a job that does not own it", id))
+		}
+		sp.job = nil
+		if j.errs[id-j.first] == nil {
+			sp.comp = j.data[id-j.first]
+		}
+	}
+	m.mu.Unlock()
+	close(j.done)
+
+	for id := j.first; id <= j.last; id++ {
+		data := j.data[id-j.first]
+		if data == nil {
+			continue
+		}
+		if m.bad.Load() == nil {
+			if err := m.o.Cache.Put(m.compKey(id), data); err != nil && !errors.Is(err, diskcache.ErrFull) {
+				m.o.Log.WithError(err).WithField("span", id).Warn("Could not cache span")
+			}
+		}
+		m.mu.Lock()
+		if sp := &m.spans[id]; sameBytes(sp.comp, data) {
+			sp.comp = nil
+		}
+		m.mu.Unlock()
+	}
+}
+
+// fetchRun reads the job's range and verifies each span.
+func (m *Manager) fetchRun(j *job) error {
+	ctx := j.ticket.Context()
+	c0, _ := m.o.Layout.CompressedRange(j.first)
+	_, c1 := m.o.Layout.CompressedRange(j.last)
+	bufs, err := m.readRanges(ctx, []remote.Range{{Offset: c0, Length: c1 - c0}})
+	if err != nil {
+		if cause := context.Cause(ctx); errors.Is(cause, ErrPreempted) {
+			return ErrPreempted
+		}
+		return fmt.Errorf("fetch spans %d-%d: %w", j.first, j.last, err)
+	}
+	buf := bufs[0]
+	for id := j.first; id <= j.last; id++ {
+		s, e := m.o.Layout.CompressedRange(id)
+		data := buf[s-c0 : e-c0 : e-c0]
+		if err := m.o.Layout.Verify(id, data); err != nil {
+			data, err = m.refetch(ctx, id)
+			if err != nil {
+				j.errs[id-j.first] = err
+				continue
+			}
+		}
+		j.data[id-j.first] = data
+		m.stats.fetchedSpans.Add(1)
+	}
+	return nil
+}
+
+// refetch fetches span id once more on its own after a digest mismatch (a
+// transfer problem); a second mismatch means the index or the registry's
+// blob is not what the image says.
+func (m *Manager) refetch(ctx context.Context, id int) ([]byte, error) {
+	s, e := m.o.Layout.CompressedRange(id)
+	bufs, err := m.readRanges(ctx, []remote.Range{{Offset: s, Length: e - s}})
+	if err != nil {
+		return nil, fmt.Errorf("refetch span %d: %w", id, err)
+	}
+	if err := m.o.Layout.Verify(id, bufs[0]); err != nil {
+		reason := fmt.Sprintf("span %d from the registry does not match its digest twice", id)
+		if m.MarkBad(reason) && m.o.OnBad != nil {
+			m.wg.Add(1)
+			go func() {
+				defer m.wg.Done()
+				m.o.OnBad(reason)
+			}()
+		}
+		return nil, fmt.Errorf("%w: %s: %w", ErrLayerBad, reason, err)
+	}
+	return bufs[0], nil
+}
+
+// readRanges asks the layer's sources in turn.
+func (m *Manager) readRanges(ctx context.Context, ranges []remote.Range) ([][]byte, error) {
+	var errs []error
+	for _, src := range m.o.Sources() {
+		bufs, err := src.ReadRanges(ctx, ranges)
+		if err == nil {
+			for _, b := range bufs {
+				m.stats.fetchedBytes.Add(int64(len(b)))
+			}
+			return bufs, nil
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if len(errs) == 0 {
+		return nil, errors.New("no registry source for the layer")
+	}
+	return nil, errors.Join(errs...)
+}
+
+// recoverTo turns a panic (a hostile index that slipped past its checks)
+// into an error, so a flight always lands and the daemon survives.
+func recoverTo(err *error) {
+	if r := recover(); r != nil {
+		*err = fmt.Errorf("%w: internal error (panic): %v", ErrLayerBad, r)
+	}
+}
+
+// sameBytes reports whether a and b are the same slice (not merely equal).
+func sameBytes(a, b []byte) bool {
+	return len(a) > 0 && len(a) == len(b) && &a[0] == &b[0]
+}

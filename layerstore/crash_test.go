@@ -129,7 +129,7 @@ func TestCorruptSpanFile(t *testing.T) {
 	zd := mustZtocDigest(t, s1, l.digest)
 	s1.closeStore()
 
-	zdata, err := os.ReadFile(filepath.Join(cfg.RootDir, "artifacts", "blobs", "sha256", zd.Encoded()))
+	zdata, err := os.ReadFile(filepath.Join(cfg.RootDir, "artifacts", "cas", "sha256-"+zd.Encoded(), "blob"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -180,7 +180,7 @@ func TestPruneArtifacts(t *testing.T) {
 	// The zTOC is the least recently used artifact; the SOCI index of the
 	// image, written after it, stays.
 	old := time.Now().Add(-time.Hour)
-	zpath := filepath.Join(cfg.RootDir, "artifacts", "blobs", zd.Algorithm().String(), zd.Encoded())
+	zpath := filepath.Join(cfg.RootDir, "artifacts", "cas", zd.Algorithm().String()+"-"+zd.Encoded(), "blob")
 	if err := os.Chtimes(zpath, old, old); err != nil {
 		t.Fatal(err)
 	}

@@ -494,6 +494,19 @@ func putLocalZtoc(t testing.TB, root string, z *testZtoc) {
 	}
 }
 
+// putZtoc stores z in the store's own local artifact store and maps its
+// layer to it.
+func (ts *testStore) putZtoc(t testing.TB, z *testZtoc) {
+	t.Helper()
+	ctx := context.Background()
+	if err := ts.local.WriteBlob(ctx, z.digest, z.data); err != nil {
+		t.Fatalf("WriteBlob: %v", err)
+	}
+	if err := ts.local.WriteRef(ctx, artifact.LayerRef, artifact.LayerKey(z.layer.digest, testSpanSize), z.digest); err != nil {
+		t.Fatalf("WriteRef: %v", err)
+	}
+}
+
 // localArtifacts reports whether zTOC zd and the mapping of layer to a zTOC
 // are in the local store under root.
 func localArtifacts(t testing.TB, root string, layer, zd digest.Digest) (blob, mapping bool) {

@@ -258,10 +258,7 @@ func (s *Store) Prune(_ context.Context, req control.PruneRequest) (*control.Pru
 	if req.SpanTarget < 0 || req.ArtifactTarget < 0 {
 		return nil, errors.New("prune targets must not be negative")
 	}
-	freed, err := s.local.Prune(req.ArtifactTarget)
-	if err != nil {
-		return nil, err
-	}
+	freed := s.local.Prune(req.ArtifactTarget)
 	return &control.PruneResult{SpanBytesFreed: s.spans.Prune(req.SpanTarget), ArtifactBytesFreed: freed}, nil
 }
 
@@ -278,7 +275,8 @@ func (s *Store) Status(context.Context) (*control.Status, error) {
 	rs := s.client.Stats()
 	cs := s.spans.Stats()
 	mh, mm := s.memSpans.Stats()
-	nblobs, ablobs, _ := s.local.Usage()
+	as := s.local.Stats()
+	nblobs, ablobs := as.Entries, as.Bytes
 	st := &control.Status{
 		Version:    s.opts.Version,
 		Uptime:     time.Since(s.started).Round(time.Second),

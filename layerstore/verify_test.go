@@ -156,7 +156,7 @@ func TestTamperedZtoc(t *testing.T) {
 		}
 	})
 	s := newTestStore(t, reg, func(c *config.Config) { c.Prefetch.Enabled = true }, Options{})
-	putLocalZtoc(t, s.root, z)
+	s.putZtoc(t, z)
 	lv := s.mustLookup(t, img.ref, l.digest)
 	ls := s.waitLayer(t, l.digest, 30*time.Second, "marked bad", func(ls *control.LayerStatus) bool { return ls.Bad != "" })
 	if ls.Verified {
@@ -184,7 +184,7 @@ func TestTamperedZtocFirstRead(t *testing.T) {
 		}
 	})
 	s := newTestStore(t, reg, nil, Options{})
-	putLocalZtoc(t, s.root, z)
+	s.putZtoc(t, z)
 	lv := s.mustLookup(t, img.ref, l.digest)
 	c, err := lv.Content()
 	if err != nil {
@@ -229,7 +229,7 @@ func TestWrongDiffID(t *testing.T) {
 		img := reg.pushImage(t, "app/diffid", "v1", []*testLayer{l}, imageOptions{diffIDs: wrong})
 		z := buildZtoc(t, l, nil)
 		s := newTestStore(t, reg, func(c *config.Config) { c.Prefetch.Enabled = true }, Options{})
-		putLocalZtoc(t, s.root, z)
+		s.putZtoc(t, z)
 		lv := s.mustLookup(t, img.ref, l.digest)
 		s.waitLayer(t, l.digest, 30*time.Second, "marked bad", func(ls *control.LayerStatus) bool { return ls.Bad != "" })
 		checkBadLayer(t, s, lv, l, z.digest, "DiffID")
@@ -271,7 +271,7 @@ func TestBadLayerReplacedKeepsReferences(t *testing.T) {
 		}
 	})
 	s := newTestStore(t, reg, func(c *config.Config) { c.Index.OnDemand = "sync" }, Options{})
-	putLocalZtoc(t, s.root, z)
+	s.putZtoc(t, z)
 	lv := s.mustLookup(t, img.ref, l.digest)
 	s.Use(img.ref, l.digest)
 	c, _ := lv.Content()

@@ -60,7 +60,7 @@ func TestConcurrentLookupsMerged(t *testing.T) {
 				if err != nil {
 					t.Fatalf("lookup %d: %v", i, err)
 				}
-				if layers[i].(layerView).l != layers[0].(layerView).l {
+				if layers[i].(*layerView).l != layers[0].(*layerView).l {
 					t.Fatalf("lookup %d returned another layer object than lookup 0", i)
 				}
 			}
@@ -179,7 +179,7 @@ func TestLookupWhileReading(t *testing.T) {
 					if !ok {
 						continue
 					}
-					got, err := readFile(context.Background(), c, i, len(want), 8<<10*(g+1))
+					got, err := readFile(context.Background(), c, resolveLink(t, c, i), len(want), 8<<10*(g+1))
 					if err != nil {
 						errc <- fmt.Errorf("goroutine %d round %d: read %s: %w", g, round, e.Name, err)
 						return

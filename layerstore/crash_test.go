@@ -12,8 +12,6 @@ import (
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
-
-	"github.com/lazypull/lazypull/ztoc"
 )
 
 // corruptedSpans counts the span cache entries a served layer found corrupt.
@@ -23,7 +21,7 @@ func corruptedSpans(t testing.TB, s *testStore, d digest.Digest) int64 {
 	if l == nil {
 		t.Fatalf("layer %s not served", d)
 	}
-	return l.src.badCached.Load()
+	return l.spans.Stats().BadCached
 }
 
 // TestReopenAfterAbandonedPrefetch abandons a store in the middle of a
@@ -42,6 +40,7 @@ func TestReopenAfterAbandonedPrefetch(t *testing.T) {
 		t.Run(fmt.Sprint(round), func(t *testing.T) {
 			cfg := testConfig(t.TempDir(), reg.host)
 			cfg.Prefetch.Enabled = true
+			cfg.Verify.Enabled = true
 			cfg.Prefetch.Concurrency = 2
 			cfg.Prefetch.Bandwidth = 1 << 20
 			cfg.Prefetch.BatchSize = 1 << 20
@@ -56,7 +55,7 @@ func TestReopenAfterAbandonedPrefetch(t *testing.T) {
 
 			// What a killed daemon leaves: a half-written temporary file and
 			// a span file damaged on disk.
-			dir := filepath.Join(cfg.RootDir, "spans", "sha256", l.digest.Encoded())
+			dir := filepath.Join(cfg.RootDir, "spancache", spanGroup(l.digest, z.digest))
 			if err := os.MkdirAll(dir, 0o700); err != nil {
 				t.Fatal(err)
 			}
@@ -106,12 +105,12 @@ func checkSpanFiles(t *testing.T, root string, z *testZtoc) {
 	t.Helper()
 	x := z.openIndex(t)
 	for _, p := range spanFiles(t, root, z.layer.digest) {
-		id, _ := strconv.Atoi(filepath.Base(p))
+		id := spanID(t, p)
 		data, err := os.ReadFile(p)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := x.VerifySpan(ztoc.SpanID(id), data); err != nil {
+		if err := x.VerifySpan(id, data); err != nil {
 			t.Errorf("cached span %d: %v", id, err)
 		}
 	}
@@ -136,7 +135,7 @@ func TestCorruptSpanFile(t *testing.T) {
 	z := &testZtoc{layer: l, data: zdata, digest: zd}
 	x := z.openIndex(t)
 	const victim = 4
-	p := filepath.Join(cfg.RootDir, "spans", "sha256", l.digest.Encoded(), strconv.Itoa(victim))
+	p := filepath.Join(cfg.RootDir, "spancache", spanGroup(l.digest, zd), "c"+strconv.Itoa(victim))
 	data, err := os.ReadFile(p)
 	if err != nil {
 		t.Fatalf("span %d not cached after an on-demand build: %v", victim, err)
@@ -146,7 +145,6 @@ func TestCorruptSpanFile(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cfg.Cache.MemorySpans = 1
 	s2 := openStore(t, cfg, Options{})
 	lv := s2.mustLookup(t, img.ref, l.digest)
 	mark := reg.mark()

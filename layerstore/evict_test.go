@@ -2,6 +2,7 @@ package layerstore
 
 import (
 	"context"
+	"crypto/sha256"
 	"os"
 	"path/filepath"
 	"strings"
@@ -63,11 +64,18 @@ func TestEvictionKeepsInUse(t *testing.T) {
 	a := stdLayer(t, 70, 500, 100)
 	b := stdLayer(t, 71, 500, 100)
 	img := reg.pushImage(t, "app/evict", "v1", []*testLayer{a, b}, imageOptions{})
-	limit := int64(len(a.blob)) + int64(len(b.blob))/2
+	// Room for a whole layer, compressed and inflated, and half of the
+	// other.
+	za, zb := buildZtoc(t, a, nil), buildZtoc(t, b, nil)
+	footprint := func(l *testLayer, z *testZtoc) int64 {
+		x := z.openIndex(t)
+		return int64(len(l.blob)) + x.Ztoc().UncompressedArchiveSize + int64(x.NumSpans())*sha256.Size
+	}
+	limit := footprint(a, za) + footprint(b, zb)/2
 	cfg := testConfig(t.TempDir(), reg.host)
 	cfg.Cache.SpanCacheSize = config.CacheSize{Bytes: config.ByteSize(limit)}
-	putLocalZtoc(t, cfg.RootDir, buildZtoc(t, a, nil))
-	putLocalZtoc(t, cfg.RootDir, buildZtoc(t, b, nil))
+	putLocalZtoc(t, cfg.RootDir, za)
+	putLocalZtoc(t, cfg.RootDir, zb)
 	s := openStore(t, cfg, Options{})
 	w := watchCap(t, s)
 
@@ -91,6 +99,7 @@ func TestEvictionKeepsInUse(t *testing.T) {
 	if missing := spansA(); missing != 0 {
 		t.Errorf("%d spans of the layer in use were evicted, want 0", missing)
 	}
+	s.settle(t)
 	st, _ := s.status(t, a.digest)
 	if st.Cache.SpanEvictions == 0 {
 		t.Error("no span was evicted although the layers do not fit the cap")
@@ -139,6 +148,7 @@ func TestPrefetchCacheTooSmall(t *testing.T) {
 	limit := int64(1536 << 10)
 	s, img, _ := servedFromLocal(t, reg, l, func(c *config.Config) {
 		c.Prefetch.Enabled = true
+		c.Verify.Enabled = true
 		c.Prefetch.BatchSize = 1 << 20
 		c.Cache.SpanCacheSize = config.CacheSize{Bytes: config.ByteSize(limit)}
 	}, Options{})

@@ -23,6 +23,7 @@ import (
 	"github.com/lazypull/lazypull/layerstore/alsfs"
 	"github.com/lazypull/lazypull/layerstore/config"
 	"github.com/lazypull/lazypull/layerstore/control"
+	"github.com/lazypull/lazypull/ztoc"
 )
 
 // ---------------------------------------------------------------------------
@@ -38,7 +39,7 @@ type testStore struct {
 
 // testConfig returns a configuration for a store under root talking to the
 // registry at host: small spans and layers, on-demand indexing "sync",
-// prefetch off, short retries.
+// prefetch and background verification off, short retries.
 func testConfig(root, host string) config.Config {
 	cfg := config.DefaultFor(true)
 	cfg.RootDir = root
@@ -55,8 +56,8 @@ func testConfig(root, host string) config.Config {
 	cfg.Index.OnDemand = "sync"
 	cfg.Cache.SpanCacheSize = config.CacheSize{Bytes: 256 << 20}
 	cfg.Cache.ArtifactCacheSize = config.CacheSize{Bytes: 64 << 20}
-	cfg.Cache.MemorySpans = 4
 	cfg.Prefetch.Enabled = false
+	cfg.Verify.Enabled = false
 	cfg.Prefetch.BatchSize = 1 << 20
 	return cfg
 }
@@ -131,6 +132,21 @@ func (ts *testStore) status(t testing.TB, d digest.Digest) (*control.Status, *co
 	return st, nil
 }
 
+// settle waits until no layer of the store has anything in flight (spans
+// being fetched, inflated or written to disk).
+func (ts *testStore) settle(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for _, l := range ts.loadedLayers() {
+		for !l.spans.Idle() {
+			if time.Now().After(deadline) {
+				t.Fatalf("layer %s still busy after 10s", l.digest)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+}
+
 // waitLayer polls the status of layer d until cond holds, failing the test
 // after timeout.
 func (ts *testStore) waitLayer(t testing.TB, d digest.Digest, timeout time.Duration, what string, cond func(*control.LayerStatus) bool) *control.LayerStatus {
@@ -185,6 +201,20 @@ func readFile(ctx context.Context, c alsfs.LayerContent, i, size, chunk int) ([]
 	}
 }
 
+// resolveLink returns the regular file entry i is (a hard link's target,
+// as the FUSE tree resolves it before reading).
+func resolveLink(t testing.TB, c alsfs.LayerContent, i int) int {
+	t.Helper()
+	es := c.Entries()
+	for depth := 0; es[i].Type == ztoc.TypeHardlink; depth++ {
+		if depth > 8 {
+			t.Fatalf("hard link chain at %q too long", es[i].Name)
+		}
+		i = entryIndex(t, c, strings.TrimPrefix(es[i].Linkname, "./"))
+	}
+	return i
+}
+
 // checkAllFiles reads every regular file and hard link of the layer in
 // chunks of chunk bytes and compares them with the test layer.
 func checkAllFiles(t testing.TB, lv alsfs.Layer, tl *testLayer, chunk int) {
@@ -199,7 +229,7 @@ func checkAllFiles(t testing.TB, lv alsfs.Layer, tl *testLayer, chunk int) {
 		if !ok {
 			continue
 		}
-		got, err := readFile(context.Background(), c, i, len(want), chunk)
+		got, err := readFile(context.Background(), c, resolveLink(t, c, i), len(want), chunk)
 		if err != nil {
 			t.Fatalf("read %s: %v", e.Name, err)
 		}
@@ -223,24 +253,39 @@ func countFiles(tl *testLayer) int {
 	return n
 }
 
-// spanFiles returns the span cache files of layer d under root.
+// spanFiles returns the files of layer d's compressed spans in the span
+// cache under root (whatever zTOC cut them).
 func spanFiles(t testing.TB, root string, d digest.Digest) []string {
 	t.Helper()
-	dir := filepath.Join(root, "spans", d.Algorithm().String(), d.Encoded())
-	ents, err := os.ReadDir(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
+	dirs, err := filepath.Glob(filepath.Join(root, "spancache", d.Algorithm().String()+"-"+d.Encoded()+"-*"))
 	if err != nil {
-		t.Fatalf("ReadDir: %v", err)
+		t.Fatal(err)
 	}
 	var out []string
-	for _, e := range ents {
-		if _, err := strconv.Atoi(e.Name()); err == nil {
-			out = append(out, filepath.Join(dir, e.Name()))
+	for _, dir := range dirs {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatalf("ReadDir: %v", err)
+		}
+		for _, e := range ents {
+			if id, ok := strings.CutPrefix(e.Name(), "c"); ok {
+				if _, err := strconv.Atoi(id); err == nil {
+					out = append(out, filepath.Join(dir, e.Name()))
+				}
+			}
 		}
 	}
 	return out
+}
+
+// spanID returns the span number of a file spanFiles returned.
+func spanID(t testing.TB, p string) ztoc.SpanID {
+	t.Helper()
+	id, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(p), "c"))
+	if err != nil {
+		t.Fatalf("span file %s: %v", p, err)
+	}
+	return ztoc.SpanID(id)
 }
 
 // roundTripFunc turns a function into an http.RoundTripper. The fakes built

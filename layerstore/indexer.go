@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"sync"
 	"time"
 
@@ -15,8 +16,8 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/lazypull/lazypull/layerstore/artifact"
+	"github.com/lazypull/lazypull/layerstore/diskcache"
 	"github.com/lazypull/lazypull/layerstore/remote"
-	"github.com/lazypull/lazypull/layerstore/spancache"
 	"github.com/lazypull/lazypull/ztoc"
 )
 
@@ -71,20 +72,21 @@ func (s *Store) BuildLayer(ctx context.Context, desc remote.Layer, blob layerStr
 	}
 	defer rc.Close()
 	opts := ztoc.BuildOptions{SpanSize: int64(s.cfg.Index.SpanSize), OnProgress: progress}
+	// Spans are cached as they stream, under a group of their own until
+	// the zTOC (which names their layout) is known.
+	staging := fmt.Sprintf("build-%s-%d", desc.Digest.Encoded()[:32], time.Now().UnixNano())
 	if cacheSpans {
 		opts.OnSpan = func(id ztoc.SpanID, data []byte) error {
-			err := s.spans.Put(spancache.Key{Layer: desc.Digest, Span: int32(id)}, data)
-			if err != nil && !errors.Is(err, spancache.ErrFull) {
+			err := s.spans.Put(diskcache.Key{Group: staging, Name: "c" + strconv.Itoa(int(id))}, data)
+			if err != nil && !errors.Is(err, diskcache.ErrFull) {
 				s.log.WithError(err).WithField("layer", desc.Digest).Warn("Could not cache span while indexing")
 			}
 			return nil
 		}
+		defer s.spans.RemoveGroup(staging) // what was not moved
 	}
 	res, err := ztoc.Build(ctx, rc, opts)
 	if err != nil {
-		if cacheSpans {
-			_ = s.spans.RemoveLayer(desc.Digest)
-		}
 		return nil, fmt.Errorf("index layer %s: %w", desc.Digest, err)
 	}
 	var mismatch error
@@ -97,9 +99,6 @@ func (s *Store) BuildLayer(ctx context.Context, desc remote.Layer, blob layerStr
 		mismatch = fmt.Errorf("%w: DiffID %s, config says %s", ErrLayerMismatch, res.DiffID, desc.DiffID)
 	}
 	if mismatch != nil {
-		if cacheSpans {
-			_ = s.spans.RemoveLayer(desc.Digest)
-		}
 		return nil, mismatch
 	}
 	data, err := ztoc.Marshal(res.Ztoc)
@@ -109,6 +108,11 @@ func (s *Store) BuildLayer(ctx context.Context, desc remote.Layer, blob layerStr
 	zd := digest.FromBytes(data)
 	if err := s.local.WriteBlob(ctx, zd, data); err != nil {
 		return nil, err
+	}
+	if cacheSpans {
+		if err := s.spans.RenameGroup(staging, spanGroup(desc.Digest, zd)); err != nil {
+			s.log.WithError(err).WithField("layer", desc.Digest).Warn("Keeping the spans cached while indexing")
+		}
 	}
 	key := artifact.LayerKey(desc.Digest, int64(s.cfg.Index.SpanSize))
 	if err := s.local.WriteRef(ctx, artifact.LayerRef, key, zd); err != nil {
@@ -165,15 +169,30 @@ func (s *Store) buildInBackground(ref reference.Named, img *remote.Image, desc r
 
 // afterBuild writes the image's SOCI index once every layer that gets an
 // index has one, so the whole image is found with one mapping (locally and
-// in the shared store).
+// in the shared store), and with artifacts.push_to_image_registry pushes it
+// to the image's repository as a referrer, in the background.
 func (s *Store) afterBuild(ref reference.Named, img *remote.Image) {
 	layers, err := s.ImageIndexLayers(s.ctx, img)
 	if err != nil {
 		return // not all layers indexed yet
 	}
-	if _, err := s.StoreImageIndex(s.ctx, img, layers); err != nil {
+	data, err := s.StoreImageIndex(s.ctx, img, layers)
+	if err != nil {
 		s.log.WithError(err).WithField("ref", ref).Warn("Storing the image's SOCI index")
+		return
 	}
+	if !s.cfg.Artifacts.PushToImageRegistry {
+		return
+	}
+	s.background(func(ctx context.Context) {
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		defer cancel()
+		if err := s.pushIndex(ctx, ref, layers, data); err != nil {
+			s.log.WithError(err).WithField("ref", ref).Warn("Pushing the SOCI index to the image's repository failed (artifacts.push_to_image_registry)")
+			return
+		}
+		s.log.WithField("ref", ref).Info("Pushed the SOCI index to the image's repository")
+	})
 }
 
 // ImageIndexLayers returns the SOCI index entries of img's layers, or an

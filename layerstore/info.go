@@ -70,15 +70,3 @@ func infoJSON(l *layer, id layerIdentity) ([]byte, error) {
 	}
 	return json.Marshal(info)
 }
-
-// view returns the layer as the host sees it through one reference.
-func (l *layer) view(id layerIdentity) (layerView, error) {
-	if err := l.badErr(); err != nil {
-		return layerView{}, err
-	}
-	info, err := infoJSON(l, id)
-	if err != nil {
-		return layerView{}, err
-	}
-	return layerView{l: l, info: info}, nil
-}

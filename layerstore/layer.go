@@ -16,16 +16,19 @@ import (
 
 	"github.com/lazypull/lazypull/layerstore/alsfs"
 	"github.com/lazypull/lazypull/layerstore/remote"
+	"github.com/lazypull/lazypull/layerstore/spans"
 	"github.com/lazypull/lazypull/ztoc"
 )
 
 // ErrLayerBad is returned for reads of a layer whose content was found to
 // differ from what the image says (span, blob or DiffID mismatch).
-var ErrLayerBad = errors.New("layerstore: layer failed verification")
+var ErrLayerBad = spans.ErrLayerBad
 
-// layer is one served layer, shared by every image reference that has it.
+// layer is one served layer, shared by every image reference that has it:
+// what it is (digest, sizes, DiffID), how it is indexed (zTOC), the span
+// manager that owns its bytes, and who uses it. The Store owns layers; a
+// layer knows nothing of the Store.
 type layer struct {
-	s         *Store
 	digest    digest.Digest
 	size      int64
 	mediaType string
@@ -34,35 +37,48 @@ type layer struct {
 	// ("local", "shared", "registry", "built").
 	ztocDigest digest.Digest
 	source     string
-
-	x      *ztoc.LayerIndex
-	file   *os.File // the zTOC, read for checkpoint windows
-	src    *spanSource
-	reader *ztoc.Reader
+	x          *ztoc.LayerIndex
+	file       *os.File // the zTOC, read for checkpoint windows
+	spans      *spans.Manager
+	// group is the layer's group in the span cache (layer and zTOC: spans
+	// cached under another index's layout are never mixed in).
+	group string
 	// header holds the compressed bytes before span 0 (the gzip header),
 	// which belong to no span.
 	header  []byte
 	mounted time.Time
 	log     *logrus.Entry
+	metrics *metrics
+	// onBad takes the layer out of service (set by the Store).
+	onBad func(reason string)
+
+	// checked marks entries whose tar header was checked against the zTOC
+	// (on the first read of each file).
+	checked    []atomic.Bool
+	reads      atomic.Int64
+	readErrors atomic.Int64
+	verified   atomic.Bool
+	// dropped is set once the Store took a bad layer out of service.
+	dropped atomic.Bool
 
 	mu sync.Mutex // guards the fields below
 	// refs are the image references this layer was looked up through, most
 	// recent last; their repositories are the registry sources of its blob.
 	refs  []reference.Named
 	blobs []blobSource
-	uses  int
-	pf    prefetchState
+	// uses counts the host's references (ALS `use` and rmdir), views the
+	// layer directories the FUSE tree serves it through.
+	uses, views int
+	// idleSince is when uses and views last dropped to zero.
+	idleSince time.Time
+	closed    bool
+}
 
-	bad atomic.Pointer[string]
-	// hot marks spans read on demand (prefetch starts near them).
-	hot []atomic.Bool
-	// checked marks entries whose tar header was checked against the zTOC
-	// (on the first read of each file).
-	checked    []atomic.Bool
-	reads      atomic.Int64
-	readBytes  atomic.Int64
-	readErrors atomic.Int64
-	verified   atomic.Bool
+// blobSource reads byte ranges of one layer blob from a registry.
+// remote.Blob implements it; tests substitute fakes for faults a registry
+// cannot produce on demand.
+type blobSource interface {
+	spans.Source
 }
 
 // addSource records that the layer was found through ref, whose repository
@@ -82,10 +98,10 @@ func (l *layer) addSource(ref reference.Named, b blobSource) {
 }
 
 // sources returns the registry sources, most recently used reference first.
-func (l *layer) sources() []blobSource {
+func (l *layer) sources() []spans.Source {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	out := make([]blobSource, len(l.blobs))
+	out := make([]spans.Source, len(l.blobs))
 	for i, b := range l.blobs {
 		out[len(out)-1-i] = b
 	}
@@ -99,55 +115,18 @@ func (l *layer) latestRef() reference.Named {
 	return l.refs[len(l.refs)-1]
 }
 
-// markBad takes the layer out of service: every later read fails with EIO,
-// and the artifacts that described it are dropped so the next lookup starts
-// afresh.
-func (l *layer) markBad(reason string) {
-	if !l.bad.CompareAndSwap(nil, &reason) {
-		return
-	}
-	l.log.WithField("reason", reason).Error("Layer failed verification: reads fail from now on, its index and cached spans are dropped")
-	l.s.dropLayer(l)
-}
-
 func (l *layer) badErr() error {
-	if r := l.bad.Load(); r != nil {
-		return fmt.Errorf("%w: %s: %s", ErrLayerBad, l.digest, *r)
+	if r := l.spans.Bad(); r != "" {
+		return fmt.Errorf("%w: %s: %s", ErrLayerBad, l.digest, r)
 	}
 	return nil
-}
-
-// use and release count the host's references (ALS `use` and rmdir).
-func (l *layer) use() {
-	l.mu.Lock()
-	l.uses++
-	first := l.uses == 1
-	l.mu.Unlock()
-	if first {
-		l.s.spans.Pin(l.digest)
-		l.s.local.Pin(l.ztocDigest)
-	}
-}
-
-func (l *layer) release() {
-	l.mu.Lock()
-	if l.uses == 0 {
-		l.mu.Unlock()
-		return
-	}
-	l.uses--
-	last := l.uses == 0
-	l.mu.Unlock()
-	if last {
-		l.s.spans.Unpin(l.digest)
-		l.s.local.Unpin(l.ztocDigest)
-	}
 }
 
 // Entries implements alsfs.LayerContent.
 func (l *layer) Entries() []ztoc.FileMetadata { return l.x.Entries() }
 
-// ReadFile implements alsfs.LayerContent.
+// ReadFile implements alsfs.LayerContent. i is a regular file (the FUSE
+// tree resolved hard links).
 func (l *layer) ReadFile(ctx context.Context, i int, p []byte, off int64) (int, error) {
 	if err := l.badErr(); err != nil {
 		l.readErrors.Add(1)
@@ -155,43 +134,69 @@ func (l *layer) ReadFile(ctx context.Context, i int, p []byte, off int64) (int, 
 	}
 	start := time.Now()
 	m := &l.x.Entries()[i]
-	if j, err := l.x.Resolve(i); err == nil {
-		m = &l.x.Entries()[j]
-		// Before the first byte of a file is served, the tar header in front
-		// of its data must be this file's: a zTOC with moved offsets or wrong
-		// sizes never serves wrong bytes.
-		if !l.checked[j].Load() {
-			if err := l.reader.CheckHeader(ctx, j, off, int64(len(p))); err != nil {
-				l.readErrors.Add(1)
-				l.s.metrics.readErrors.Inc()
-				if errors.Is(err, ztoc.ErrHeaderMismatch) {
-					l.markBad(err.Error())
-				}
-				return 0, err
+	if m.Type != ztoc.TypeReg {
+		return 0, fmt.Errorf("%w: %q is a %s, not a regular file", ztoc.ErrNotExist, m.Name, m.Type)
+	}
+	// Before the first byte of a file is served, the tar header in front
+	// of its data must be this file's: a zTOC with moved offsets or wrong
+	// sizes never serves wrong bytes.
+	if !l.checked[i].Load() {
+		if err := l.checkHeader(ctx, i, off, int64(len(p))); err != nil {
+			l.readFailed(err, m.Name)
+			if errors.Is(err, ztoc.ErrHeaderMismatch) {
+				l.markBadFn(err.Error())
 			}
-			l.checked[j].Store(true)
+			return 0, err
 		}
+		l.checked[i].Store(true)
 	}
-	if off < m.UncompressedSize && len(p) > 0 {
-		end := min(off+int64(len(p)), m.UncompressedSize)
-		for id := l.x.SpanOf(m.UncompressedOffset + off); id <= l.x.SpanOf(m.UncompressedOffset+end-1); id++ {
-			l.hot[id].Store(true)
-		}
+	if off >= m.UncompressedSize {
+		return 0, io.EOF
 	}
-	n, err := l.reader.ReadFile(ctx, i, p, off)
-	if err != nil && !errors.Is(err, io.EOF) {
-		l.readErrors.Add(1)
-		l.s.metrics.readErrors.Inc()
-		if errors.Is(err, ztoc.ErrSpanDigest) {
-			l.markBad(err.Error())
-		}
-		l.log.WithError(err).WithField("file", m.Name).Warn("Read failed")
+	want := min(int64(len(p)), m.UncompressedSize-off)
+	n, err := l.spans.ReadAt(ctx, p[:want], m.UncompressedOffset+off)
+	if err == io.EOF && int64(n) == want {
+		err = nil
+	}
+	if err != nil {
+		l.readFailed(err, m.Name)
 		return n, err
 	}
+	if want < int64(len(p)) {
+		err = io.EOF
+	}
 	l.reads.Add(1)
-	l.readBytes.Add(int64(n))
-	l.s.metrics.observeRead(time.Since(start), n)
+	l.metrics.observeRead(time.Since(start), n)
 	return n, err
+}
+
+// checkHeader checks entry i's tar header, fetching the header's spans and
+// those of the read that follows in one request when they are adjacent.
+func (l *layer) checkHeader(ctx context.Context, i int, off, n int64) error {
+	if a, c, ok := l.x.HeaderSpans(i, off, n); ok {
+		if err := l.spans.Fetch(ctx, int(a), int(c), spans.Demand); err != nil {
+			return fmt.Errorf("read header of %q: %w", l.x.Entries()[i].Name, err)
+		}
+	}
+	return l.x.CheckHeader(ctx, i, l.spans.Peek)
+}
+
+// readFailed counts and logs a failed read; interrupted reads are the
+// reader's business, not the layer's.
+func (l *layer) readFailed(err error, name string) {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return
+	}
+	l.readErrors.Add(1)
+	l.metrics.readErrors.Inc()
+	l.log.WithError(err).WithField("file", name).Warn("Read failed")
+}
+
+// markBadFn is set by the Store: it takes the layer out of service.
+func (l *layer) markBadFn(reason string) {
+	if l.onBad != nil {
+		l.onBad(reason)
+	}
 }
 
 // blobReader serves the file `blob`: the compressed layer, from the span
@@ -222,15 +227,15 @@ func (b blobReader) ReadAtContext(ctx context.Context, p []byte, off int64) (int
 	}
 	if pos := off + int64(n); pos < end {
 		first, last := l.x.CompressedSpanOf(pos), l.x.CompressedSpanOf(end-1)
-		spans, err := l.src.FetchSpans(ctx, first, last)
+		data, err := l.spans.Compressed(ctx, int(first), int(last), spans.Demand)
 		if err != nil {
 			return n, err
 		}
-		for i, data := range spans {
+		for i, d := range data {
 			s0, s1 := l.x.SpanCompressedRange(first + ztoc.SpanID(i))
 			lo, hi := max(pos, s0), min(end, s1)
 			if lo < hi {
-				copy(p[lo-off:hi-off], data[lo-s0:hi-s0])
+				copy(p[lo-off:hi-off], d[lo-s0:hi-s0])
 			}
 		}
 		n = int(end - off)
@@ -242,52 +247,66 @@ func (b blobReader) ReadAtContext(ctx context.Context, p []byte, off int64) (int
 }
 
 // layerView is a layer as one image reference sees it: the `info` file
-// depends on how the host identifies the layer.
+// depends on how the host identifies the layer. Release gives back the
+// reference the lookup took.
 type layerView struct {
-	l    *layer
-	info []byte
+	l       *layer
+	info    []byte
+	release func()
+	once    sync.Once
 }
 
-var _ alsfs.Layer = layerView{}
+var _ alsfs.Layer = (*layerView)(nil)
 
-func (v layerView) Info() ([]byte, error) { return v.info, nil }
+func (v *layerView) Info() ([]byte, error) { return v.info, nil }
 
-func (v layerView) Blob() (io.ReaderAt, int64) { return blobReader{v.l}, v.l.size }
+func (v *layerView) Blob() (io.ReaderAt, int64) { return blobReader{v.l}, v.l.size }
 
-func (v layerView) Content() (alsfs.LayerContent, error) {
+func (v *layerView) Content() (alsfs.LayerContent, error) {
 	if err := v.l.badErr(); err != nil {
 		return nil, err
 	}
 	return v.l, nil
 }
 
-// newLayerFromIndex assembles a layer around an opened zTOC.
-func (s *Store) newLayer(desc remote.Layer, ztocDigest digest.Digest, source string, f *os.File, x *ztoc.LayerIndex, log *logrus.Entry) *layer {
-	l := &layer{
-		s:          s,
-		digest:     desc.Digest,
-		size:       desc.Size,
-		mediaType:  desc.MediaType,
-		diffID:     desc.DiffID,
-		ztocDigest: ztocDigest,
-		source:     source,
-		x:          x,
-		file:       f,
-		mounted:    time.Now(),
-		log:        log,
-		hot:        make([]atomic.Bool, x.NumSpans()),
-		checked:    make([]atomic.Bool, len(x.Entries())),
-	}
-	l.src = &spanSource{
-		layer:      l,
-		x:          x,
-		cache:      s.spans,
-		log:        log,
-		demand:     &s.demand,
-		lastDemand: &s.lastDemand,
-		blobs:      l.sources,
-		flights:    make(map[ztoc.SpanID]*spanFlight),
-	}
-	l.reader = ztoc.NewReader(x, l.src, s.memSpans)
-	return l
+// Release implements alsfs.Layer.
+func (v *layerView) Release() { v.once.Do(v.release) }
+
+// ztocLayout adapts a zTOC to the span manager.
+type ztocLayout struct{ x *ztoc.LayerIndex }
+
+var _ spans.Layout = ztocLayout{}
+
+func (z ztocLayout) NumSpans() int { return z.x.NumSpans() }
+
+func (z ztocLayout) CompressedRange(id int) (int64, int64) {
+	return z.x.SpanCompressedRange(ztoc.SpanID(id))
+}
+
+func (z ztocLayout) UncompressedRange(id int) (int64, int64) {
+	return z.x.SpanUncompressedRange(ztoc.SpanID(id))
+}
+
+func (z ztocLayout) SpanOf(off int64) int { return int(z.x.SpanOf(off)) }
+
+func (z ztocLayout) Verify(id int, c []byte) error { return z.x.VerifySpan(ztoc.SpanID(id), c) }
+
+func (z ztocLayout) Inflate(id int, c, dst []byte) ([]byte, error) {
+	return z.x.InflateVerified(ztoc.SpanID(id), c, dst)
+}
+
+// spanGroup names a layer's spans in the span cache: the layer and the
+// zTOC that cut them.
+func spanGroup(layer, ztocDigest digest.Digest) string {
+	return layer.Algorithm().String() + "-" + layer.Encoded() + "-" + ztocDigest.Encoded()[:16]
+}
+
+// layerParts are what a layer is made of.
+type layerParts struct {
+	desc       remote.Layer
+	ztocDigest digest.Digest
+	source     string
+	file       *os.File
+	x          *ztoc.LayerIndex
+	header     []byte
 }

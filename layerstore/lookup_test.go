@@ -1,6 +1,7 @@
 package layerstore
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -422,4 +423,43 @@ func TestUnusableLocalZtoc(t *testing.T) {
 		t.Errorf("status %+v, want the layer indexed on demand", ls)
 	}
 	checkAllFiles(t, lv, l, 1<<20)
+}
+
+// TestPushToImageRegistry: with artifacts.push_to_image_registry, an index
+// built on demand is pushed to the image's repository as a SOCI referrer,
+// and another machine (a store with nothing local, no shared repository)
+// finds it there.
+func TestPushToImageRegistry(t *testing.T) {
+	reg := newTestRegistry(t)
+	l := stdLayer(t, 6, 500, 200)
+	img := reg.pushImage(t, "app/pushed", "v1", []*testLayer{l}, imageOptions{})
+	a := newTestStore(t, reg, func(c *config.Config) { c.Artifacts.PushToImageRegistry = true }, Options{})
+	a.mustLookup(t, img.ref, l.digest)
+	zd := mustZtocDigest(t, a, l.digest)
+	waitFor := time.Now().Add(10 * time.Second)
+	for {
+		refs, err := a.client.Referrers(context.Background(), img.named, img.digest, ztoc.MediaTypeSociIndexV1)
+		if err == nil && len(refs) == 1 {
+			break
+		}
+		if time.Now().After(waitFor) {
+			t.Fatalf("no SOCI referrer pushed for %s: %v, %v", img.ref, refs, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	b := newTestStore(t, reg, func(c *config.Config) { c.Index.OnDemand = "off" }, Options{})
+	lv := b.mustLookup(t, img.ref, l.digest)
+	if _, ls := b.status(t, l.digest); ls.IndexSource != "registry" || mustZtocDigest(t, b, l.digest) != zd {
+		t.Errorf("second store: %+v, want the pushed zTOC %s found in the registry", ls, zd)
+	}
+	checkAllFiles(t, lv, l, 1<<20)
+
+	// Off (the default): nothing is pushed.
+	img2 := reg.pushImage(t, "app/notpushed", "v1", []*testLayer{stdLayer(t, 7, 300, 100)}, imageOptions{})
+	c := newTestStore(t, reg, nil, Options{})
+	c.mustLookup(t, img2.ref, img2.layers[0].digest)
+	time.Sleep(200 * time.Millisecond)
+	if refs, _ := c.client.Referrers(context.Background(), img2.named, img2.digest, ztoc.MediaTypeSociIndexV1); len(refs) != 0 {
+		t.Errorf("referrers pushed with push_to_image_registry off: %v", refs)
+	}
 }

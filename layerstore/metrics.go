@@ -10,6 +10,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/lazypull/lazypull/layerstore/control"
+	"github.com/lazypull/lazypull/layerstore/spans"
 )
 
 // metrics are the store's Prometheus metrics. Counters kept elsewhere (the
@@ -116,17 +117,21 @@ var (
 	descRegistryReqs  = prometheus.NewDesc("lazypull_registry_requests_total", "Requests sent to registries.", nil, nil)
 	descRegistryRetry = prometheus.NewDesc("lazypull_registry_retries_total", "Registry requests retried.", nil, nil)
 	descRegistryErrs  = prometheus.NewDesc("lazypull_registry_errors_total", "Registry operations that failed for good.", nil, nil)
-	descSpanHits      = prometheus.NewDesc("lazypull_span_cache_hits_total", "Span cache lookups answered from disk.", nil, nil)
+	descSpanHits      = prometheus.NewDesc("lazypull_span_cache_hits_total", "Span cache reads answered from disk.", nil, nil)
 	descSpanMisses    = prometheus.NewDesc("lazypull_span_cache_misses_total", "Span cache lookups not answered from disk.", nil, nil)
 	descSpanBytes     = prometheus.NewDesc("lazypull_span_cache_bytes", "Bytes in the span cache.", nil, nil)
 	descSpanEvict     = prometheus.NewDesc("lazypull_span_cache_evictions_total", "Spans evicted from the cache.", nil, nil)
 	descLayerFetched  = prometheus.NewDesc("lazypull_layer_fetched_bytes", "Compressed bytes fetched from registries per layer.", []string{"layer"}, nil)
-	descLayerCached   = prometheus.NewDesc("lazypull_layer_cached_ratio", "Share of a layer's spans in the cache (fetch progress).", []string{"layer"}, nil)
+	descLayerCached   = prometheus.NewDesc("lazypull_layer_cached_ratio", "Share of a layer's spans here (fetch progress).", []string{"layer"}, nil)
+	descFetches       = prometheus.NewDesc("lazypull_fetches_granted_total", "Range requests granted by the fetch scheduler, by priority.", []string{"priority"}, nil)
+	descPreempted     = prometheus.NewDesc("lazypull_fetches_preempted_total", "Background range requests stopped to let a container's read through.", nil, nil)
+	descLayers        = prometheus.NewDesc("lazypull_layers_loaded", "Layers loaded in the daemon.", nil, nil)
 )
 
 func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRegistryBytes, descRegistryReqs, descRegistryRetry, descRegistryErrs,
-		descSpanHits, descSpanMisses, descSpanBytes, descSpanEvict, descLayerFetched, descLayerCached} {
+		descSpanHits, descSpanMisses, descSpanBytes, descSpanEvict, descLayerFetched, descLayerCached,
+		descFetches, descPreempted, descLayers} {
 		ch <- d
 	}
 }
@@ -144,16 +149,18 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descSpanMisses, prometheus.CounterValue, float64(cs.Misses))
 	ch <- prometheus.MustNewConstMetric(descSpanBytes, prometheus.GaugeValue, float64(cs.Bytes))
 	ch <- prometheus.MustNewConstMetric(descSpanEvict, prometheus.CounterValue, float64(cs.Evictions))
-	c.s.mu.Lock()
-	layers := make([]*layer, 0, len(c.s.layers))
-	for _, l := range c.s.layers {
-		layers = append(layers, l)
+	ss := c.s.sched.Stats()
+	for p := spans.Verify; p <= spans.Demand; p++ {
+		ch <- prometheus.MustNewConstMetric(descFetches, prometheus.CounterValue, float64(ss.Granted[p]), p.String())
 	}
-	c.s.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(descPreempted, prometheus.CounterValue, float64(ss.Preempted))
+	// Per-layer series exist while the layer is loaded: they go with it.
+	layers := c.s.loadedLayers()
+	ch <- prometheus.MustNewConstMetric(descLayers, prometheus.GaugeValue, float64(len(layers)))
 	for _, l := range layers {
 		d := l.digest.String()
-		ch <- prometheus.MustNewConstMetric(descLayerFetched, prometheus.GaugeValue, float64(l.src.fetchedBytes.Load()), d)
-		n, _ := c.s.spans.LayerBytes(l.digest)
-		ch <- prometheus.MustNewConstMetric(descLayerCached, prometheus.GaugeValue, float64(n)/float64(l.x.NumSpans()), d)
+		ch <- prometheus.MustNewConstMetric(descLayerFetched, prometheus.GaugeValue, float64(l.spans.Stats().FetchedBytes), d)
+		present, _ := l.spans.Counts()
+		ch <- prometheus.MustNewConstMetric(descLayerCached, prometheus.GaugeValue, float64(present)/float64(max(l.spans.NumSpans(), 1)), d)
 	}
 }

@@ -2,37 +2,48 @@ package layerstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/lazypull/lazypull/layerstore/spancache"
+	"github.com/containers/image/v5/docker/reference"
+	"github.com/sirupsen/logrus"
+
+	"github.com/lazypull/lazypull/layerstore/spans"
 	"github.com/lazypull/lazypull/ztoc"
 )
 
-// Prefetch tuning that is not configuration.
+// Background fetch tuning that is not configuration.
 const (
-	// demandPoll is how often a paused prefetch worker looks whether
-	// on-demand reads are still waiting.
-	demandPoll = 5 * time.Millisecond
-	// tokenValidity is how long credentials must stay valid when a prefetch
-	// batch starts (authbridge refreshes them beforehand otherwise).
+	// tokenValidity is how long credentials must stay valid when a
+	// background batch starts (authbridge refreshes them beforehand
+	// otherwise).
 	tokenValidity = 10 * time.Second
-	// maxBatchFailures ends a layer's prefetch after this many failed
-	// batches in a row (each already retried by the registry client).
+	// maxBatchFailures ends a layer's background fetch after this many
+	// failed batches in a row (each already retried by the registry
+	// client).
 	maxBatchFailures = 8
-	// demandQuiet is how long after an on-demand fetch the prefetcher stays
-	// paused, so that what a container reads next does not queue behind
-	// megabytes of prefetch on a slow link (reads in layer order get their
-	// next spans from the read-ahead meanwhile).
-	demandQuiet = time.Second
 )
 
-// prefetchState is a layer's background fetch. Guarded by layer.mu.
-type prefetchState struct {
-	status   string // "", "waiting", "running", "done", "stopped: ...", "failed: ..."
+// fillState is where a layer's background fetch and verification stand.
+type fillState int
+
+const (
+	fillWaiting   fillState = iota // queued
+	fillRunning                    // fetching spans
+	fillVerifying                  // every span here: verifying the whole layer
+	fillDone                       // fetched and verified
+	fillStopped                    // the cache cannot hold the layer
+	fillFailed                     // the registry kept failing, or verification failed
+)
+
+// layerFill is one layer's background work. Guarded by filler.mu.
+type layerFill struct {
+	l        *layer
+	state    fillState
+	reason   string // why stopped or failed
 	claimed  []bool // spans a worker is fetching
 	fetched  []bool // spans fetched by finished batches
 	failures int
@@ -42,223 +53,277 @@ type prefetchState struct {
 	finished time.Time
 }
 
-func (p prefetchState) String() string {
-	switch p.status {
-	case "":
-		return "off"
-	case "done":
-		return fmt.Sprintf("done in %s (%d bytes)", p.finished.Sub(p.started).Round(time.Millisecond), p.bytes)
-	case "running":
-		return fmt.Sprintf("running (%d bytes so far)", p.bytes)
+func (f *layerFill) String() string {
+	switch f.state {
+	case fillWaiting:
+		return "waiting"
+	case fillRunning:
+		return fmt.Sprintf("running (%d bytes so far)", f.bytes)
+	case fillVerifying:
+		return fmt.Sprintf("verifying (%d bytes fetched)", f.bytes)
+	case fillDone:
+		return fmt.Sprintf("done in %s (%d bytes)", f.finished.Sub(f.started).Round(time.Millisecond), f.bytes)
+	case fillStopped:
+		return "stopped: " + f.reason
+	case fillFailed:
+		return "failed: " + f.reason
 	}
-	return p.status
+	return "unknown"
 }
 
-// prefetcher fetches every span of the layers it is given, in the
-// background: a fixed pool of workers, large batches of adjacent spans in
-// one range request each, spans near those read on demand first, paused
-// while on-demand reads wait, optionally capped in bandwidth.
-type prefetcher struct {
-	s       *Store
-	limiter *rateLimiter // nil: no cap
-	wake    chan struct{}
-	ctx     context.Context
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-
-	mu sync.Mutex // guards the fields below
-	// active are the layers with spans left to fetch, served round-robin.
-	active []*layer
-	next   int
+// fillerConfig is what the filler works with.
+type fillerConfig struct {
+	// prefetch fetches every span of a layer (spans near those read on
+	// demand first) before verifying it; without it, verification fetches
+	// the layer in order at its own, lowest, priority.
+	prefetch bool
+	// verify checks every layer as a whole once its spans are here
+	// (verifyLayer).
+	verifyAll   bool
+	concurrency int
+	batchSize   int64
+	ensureFresh func(ctx context.Context, ref reference.Named, minValidity time.Duration) error
+	// idle blocks until the link is idle enough for background fetches
+	// (so a batch is chosen next to what containers read meanwhile).
+	idle    func(ctx context.Context) error
+	verify  func(ctx context.Context, l *layer) error
+	metrics *metrics
+	log     *logrus.Entry
 }
 
-func newPrefetcher(s *Store) *prefetcher {
-	ctx, cancel := context.WithCancel(s.ctx)
-	p := &prefetcher{s: s, wake: make(chan struct{}, 1), ctx: ctx, cancel: cancel}
-	if !s.cfg.Prefetch.Enabled {
-		return p
-	}
-	if bw := int64(s.cfg.Prefetch.Bandwidth); bw > 0 {
-		p.limiter = newRateLimiter(bw, int64(s.cfg.Prefetch.BatchSize))
-	}
-	for i := 0; i < s.cfg.Prefetch.Concurrency; i++ {
-		p.wg.Add(1)
-		go p.worker()
-	}
-	return p
+// filler completes every served layer in the background: it prefetches
+// the spans not read yet (large batches of adjacent spans, near the spans
+// read on demand first, at Prefetch priority: the Scheduler runs them only
+// when the link is idle) and then verifies the whole layer. A fixed pool of
+// workers serves the layers round-robin; they wait on a condition, not in
+// a polling loop.
+type filler struct {
+	cfg    fillerConfig
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu   sync.Mutex // guards the fields below
+	cond *sync.Cond
+	// fills are the layers given to the filler; queue those with work
+	// left, served round-robin from next.
+	fills map[*layer]*layerFill
+	queue []*layerFill
+	next  int
+	// gen counts changes (workers wait for the next one).
+	gen uint64
+	// retry wakes the workers when a layer's back-off ends.
+	retry *time.Timer
 }
 
-// add queues l for prefetching (once).
-func (p *prefetcher) add(l *layer) {
-	if !p.s.cfg.Prefetch.Enabled {
+func newFiller(cfg fillerConfig) *filler {
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &filler{cfg: cfg, ctx: ctx, cancel: cancel, fills: make(map[*layer]*layerFill)}
+	f.cond = sync.NewCond(&f.mu)
+	for i := 0; i < max(cfg.concurrency, 1); i++ {
+		f.wg.Add(1)
+		go f.worker()
+	}
+	return f
+}
+
+// add queues l (once; a fill that stopped or failed starts again).
+func (f *filler) add(l *layer) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if lf, ok := f.fills[l]; ok && lf.state != fillStopped && lf.state != fillFailed {
 		return
 	}
-	l.mu.Lock()
-	// Once per layer; a prefetch that failed or stopped starts again with
-	// the next lookup of the layer.
-	if st := l.pf.status; st != "" && !strings.HasPrefix(st, "failed") && !strings.HasPrefix(st, "stopped") {
-		l.mu.Unlock()
-		return
+	if !f.cfg.prefetch && (!f.cfg.verifyAll || l.verified.Load()) {
+		return // nothing to do
 	}
-	l.pf = prefetchState{status: "waiting", claimed: make([]bool, l.x.NumSpans()), fetched: make([]bool, l.x.NumSpans()), started: time.Now()}
-	l.mu.Unlock()
-	p.mu.Lock()
-	p.active = append(p.active, l)
-	p.mu.Unlock()
-	p.signal()
+	n := l.spans.NumSpans()
+	lf := &layerFill{l: l, state: fillWaiting, claimed: make([]bool, n), fetched: make([]bool, n), started: time.Now()}
+	f.fills[l] = lf
+	f.queue = append(f.queue, lf)
+	f.changedLocked()
 }
 
-// remove stops prefetching l.
-func (p *prefetcher) remove(l *layer) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for i, a := range p.active {
-		if a == l {
-			p.active = append(p.active[:i], p.active[i+1:]...)
+// remove forgets l (its work stops after the batch in flight).
+func (f *filler) remove(l *layer) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.fills, l)
+	f.dequeueLocked(l)
+}
+
+func (f *filler) dequeueLocked(l *layer) {
+	for i, lf := range f.queue {
+		if lf.l == l {
+			f.queue = append(f.queue[:i], f.queue[i+1:]...)
 			return
 		}
 	}
 }
 
-// recentDemand reports whether an on-demand fetch started less than
-// demandQuiet ago.
-func (p *prefetcher) recentDemand() bool {
-	return time.Since(time.Unix(0, p.s.lastDemand.Load())) < demandQuiet
-}
-
-func (p *prefetcher) signal() {
-	select {
-	case p.wake <- struct{}{}:
-	default:
+// status describes l's background work for `lazypull status`.
+func (f *filler) status(l *layer) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if lf, ok := f.fills[l]; ok {
+		return lf.String()
 	}
+	if l.verified.Load() {
+		return "verified"
+	}
+	return "off"
 }
 
 // close stops the workers and waits for them.
-func (p *prefetcher) close() {
-	p.cancel()
-	p.wg.Wait()
+func (f *filler) close() {
+	f.cancel()
+	f.changed()
+	f.wg.Wait()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.retry != nil {
+		f.retry.Stop()
+	}
 }
 
-type batch struct {
-	l    *layer
-	a, b ztoc.SpanID
-	size int64
+// task is one unit of background work: a batch of spans to fetch, or a
+// layer to verify.
+type task struct {
+	lf     *layerFill
+	a, b   int
+	size   int64
+	verify bool
 }
 
-func (p *prefetcher) worker() {
-	defer p.wg.Done()
+func (f *filler) worker() {
+	defer f.wg.Done()
 	for {
-		// On-demand reads first: wait while a container waits for spans,
-		// and for a moment after.
-		for p.s.demand.Load() > 0 || p.recentDemand() {
-			if !sleepCtx(p.ctx, demandPoll) {
-				return
-			}
-		}
-		bt, wait := p.pick()
-		if bt == nil {
-			t := time.NewTimer(wait)
-			select {
-			case <-p.ctx.Done():
-				t.Stop()
-				return
-			case <-p.wake:
-			case <-t.C:
-			}
-			t.Stop()
-			continue
-		}
-		p.run(bt)
-		if p.ctx.Err() != nil {
+		// The batch is chosen once the link is idle: next to what
+		// containers read meanwhile.
+		if err := f.cfg.idle(f.ctx); err != nil {
 			return
 		}
+		t, ok, gen := f.tryTake()
+		if f.ctx.Err() != nil {
+			return
+		}
+		if !ok {
+			f.waitChange(gen)
+			continue
+		}
+		if t.verify {
+			f.runVerify(t.lf)
+		} else {
+			f.runBatch(t)
+		}
 	}
 }
 
-// pick chooses the next batch, round-robin over layers. Without work it
-// returns how long to wait at most (layers backing off after errors).
-func (p *prefetcher) pick() (*batch, time.Duration) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	wait := time.Minute
+// tryTake claims the next task, round-robin over layers; ok is false when
+// there is none now. gen is the change count it saw (for waitChange).
+func (f *filler) tryTake() (t task, ok bool, gen uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	now := time.Now()
-	for tries := 0; tries < len(p.active); tries++ {
-		i := (p.next + tries) % len(p.active)
-		l := p.active[i]
-		bt, done, retryIn := l.nextBatch(int64(p.s.cfg.Prefetch.BatchSize), now)
-		if done {
-			// Nothing left and nothing in flight: finish it (verification
-			// runs on a worker, outside this lock).
-			p.active = append(p.active[:i], p.active[i+1:]...)
-			p.s.background(func(context.Context) { p.finish(l) })
-			return p.pickAgainLocked()
-		}
-		if bt != nil {
-			p.next = i + 1
-			return bt, 0
-		}
-		if retryIn > 0 && retryIn < wait {
-			wait = retryIn
-		}
-	}
-	return nil, wait
-}
-
-func (p *prefetcher) pickAgainLocked() (*batch, time.Duration) {
-	p.signal() // another worker (or this one) looks again
-	return nil, 0
-}
-
-// nextBatch claims the next run of spans to prefetch: not cached, not being
-// fetched, starting next to a span read on demand when there is one, at most
-// maxBytes of compressed data. done reports that nothing is left at all.
-func (l *layer) nextBatch(maxBytes int64, now time.Time) (bt *batch, done bool, retryIn time.Duration) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	st := &l.pf
-	if now.Before(st.retryAt) {
-		return nil, false, st.retryAt.Sub(now)
-	}
-	n := l.x.NumSpans()
-	cached := func(id int) bool {
-		return l.s.spans.Has(spancache.Key{Layer: l.digest, Span: int32(id)})
-	}
-	// Spans read on demand, in order: prefetch starts next to them.
-	var hot []int
-	for id := range l.hot {
-		if l.hot[id].Load() {
-			hot = append(hot, id)
-		}
-	}
-	start, best, inFlight := -1, n+1, false
-	for id := 0; id < n; id++ {
-		if st.claimed[id] {
-			inFlight = true
+	var wake time.Time
+	for tries := 0; tries < len(f.queue); tries++ {
+		i := (f.next + tries) % len(f.queue)
+		lf := f.queue[i]
+		if now.Before(lf.retryAt) {
+			if wake.IsZero() || lf.retryAt.Before(wake) {
+				wake = lf.retryAt
+			}
 			continue
 		}
-		if cached(id) {
-			continue
-		}
-		if d := hotDistance(hot, id, n); d < best {
-			start, best = id, d
+		if t, ok := f.nextTaskLocked(lf); ok {
+			f.next = i + 1
+			return t, true, f.gen
 		}
 	}
-	if start < 0 {
-		return nil, !inFlight, 0
+	if !wake.IsZero() {
+		// A layer backs off after errors: look again when it may go on.
+		if f.retry == nil {
+			f.retry = time.AfterFunc(time.Until(wake), f.changed)
+		} else {
+			f.retry.Reset(time.Until(wake))
+		}
 	}
-	b := start
-	size := spanLen(l.x, start)
-	for b+1 < n && !st.claimed[b+1] && !cached(b+1) && size+spanLen(l.x, b+1) <= maxBytes {
-		b++
-		size += spanLen(l.x, b)
+	return task{}, false, f.gen
+}
+
+// changed notes that there may be work: a layer was added, a batch ended,
+// a back-off is over, or the filler closes.
+func (f *filler) changed() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.changedLocked()
+}
+
+func (f *filler) changedLocked() {
+	f.gen++
+	f.cond.Broadcast()
+}
+
+// waitChange waits until something changed since gen was seen.
+func (f *filler) waitChange(gen uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for f.gen == gen && f.ctx.Err() == nil {
+		f.cond.Wait()
 	}
-	for id := start; id <= b; id++ {
-		st.claimed[id] = true
+}
+
+// nextTaskLocked claims lf's next task: a batch of spans not here and not
+// claimed (starting next to a span read on demand when there is one, at
+// most batchSize of compressed data), or, once every span is here, the
+// verification.
+func (f *filler) nextTaskLocked(lf *layerFill) (task, bool) {
+	l := lf.l
+	if lf.state == fillVerifying {
+		return task{}, false
 	}
-	if st.status == "waiting" {
-		st.status = "running"
+	n := l.spans.NumSpans()
+	if f.cfg.prefetch {
+		var hot []int
+		for id := 0; id < n; id++ {
+			if l.spans.Hot(id) {
+				hot = append(hot, id)
+			}
+		}
+		start, best, inFlight := -1, n+1, false
+		for id := 0; id < n; id++ {
+			if lf.claimed[id] {
+				inFlight = true
+				continue
+			}
+			if l.spans.Present(id) {
+				continue
+			}
+			if d := hotDistance(hot, id, n); d < best {
+				start, best = id, d
+			}
+		}
+		if start >= 0 {
+			b, size := start, spanLen(l, start)
+			for b+1 < n && !lf.claimed[b+1] && !l.spans.Present(b+1) && size+spanLen(l, b+1) <= f.cfg.batchSize {
+				b++
+				size += spanLen(l, b)
+			}
+			for id := start; id <= b; id++ {
+				lf.claimed[id] = true
+			}
+			return task{lf: lf, a: start, b: b, size: size}, true
+		}
+		if inFlight {
+			return task{}, false
+		}
 	}
-	return &batch{l: l, a: ztoc.SpanID(start), b: ztoc.SpanID(b), size: size}, false, 0
+	if !f.cfg.verifyAll || l.verified.Load() {
+		f.endLocked(lf, fillDone, "")
+		return task{}, false
+	}
+	lf.state = fillVerifying
+	return task{lf: lf, verify: true}, true
 }
 
 // hotDistance is the distance from span id to the nearest span of hot (the
@@ -275,125 +340,92 @@ func hotDistance(hot []int, id, n int) int {
 	return d
 }
 
-func spanLen(x *ztoc.LayerIndex, id int) int64 {
-	s, e := x.SpanCompressedRange(ztoc.SpanID(id))
+func spanLen(l *layer, id int) int64 {
+	s, e := l.x.SpanCompressedRange(ztoc.SpanID(id))
 	return e - s
 }
 
-// run fetches one batch: bandwidth first, then fresh credentials, then one
-// range request for the whole run of spans.
-func (p *prefetcher) run(bt *batch) {
-	l := bt.l
-	err := func() error {
-		if p.limiter != nil {
-			if err := p.limiter.wait(p.ctx, bt.size); err != nil {
-				return err
-			}
-		}
-		if err := p.s.client.EnsureFresh(p.ctx, l.latestRef(), tokenValidity); err != nil {
-			return err
-		}
-		_, err := l.src.fetch(p.ctx, bt.a, bt.b, false)
-		return err
-	}()
-	l.mu.Lock()
-	for id := bt.a; id <= bt.b; id++ {
-		l.pf.claimed[id] = false
+// runBatch fetches one batch at Prefetch priority with fresh credentials.
+func (f *filler) runBatch(t task) {
+	l := t.lf.l
+	err := f.cfg.ensureFresh(f.ctx, l.latestRef(), tokenValidity)
+	if err == nil {
+		err = l.spans.Fetch(f.ctx, t.a, t.b, spans.Prefetch)
 	}
-	st := &l.pf
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	defer f.changedLocked()
+	lf := t.lf
+	for id := t.a; id <= t.b; id++ {
+		lf.claimed[id] = false
+	}
+	if f.fills[l] != lf {
+		return // removed meanwhile
+	}
 	switch {
 	case err == nil:
-		st.failures = 0
-		st.bytes += bt.size
-		p.s.metrics.prefetched.Add(float64(bt.size))
-		if !l.s.spans.Has(spancache.Key{Layer: l.digest, Span: int32(bt.a)}) {
-			// Fetched but not kept: the cache is full of spans in use.
-			st.status = "stopped: span cache full"
-			l.mu.Unlock()
-			p.remove(l)
+		lf.state = fillRunning
+		lf.failures = 0
+		lf.bytes += t.size
+		f.cfg.metrics.prefetched.Add(float64(t.size))
+		if !l.spans.Present(t.a) {
+			f.endLocked(lf, fillStopped, "span cache full")
 			return
 		}
 		// Spans of earlier batches evicted to make room for these: the
 		// layer does not fit the cache, and going on would fetch it round
 		// and round.
-		for id, f := range st.fetched {
-			if f && !l.s.spans.Has(spancache.Key{Layer: l.digest, Span: int32(id)}) {
-				st.status = "stopped: span cache too small for the layer"
-				l.mu.Unlock()
-				p.remove(l)
+		for id, done := range lf.fetched {
+			if done && !l.spans.Present(id) {
+				f.endLocked(lf, fillStopped, "span cache too small for the layer")
 				return
 			}
 		}
-		for id := bt.a; id <= bt.b; id++ {
-			st.fetched[id] = true
+		for id := t.a; id <= t.b; id++ {
+			lf.fetched[id] = true
 		}
-	case p.ctx.Err() != nil:
+	case errors.Is(err, spans.ErrPreempted), f.ctx.Err() != nil:
+		// The link was needed for a container, or the store closes.
 	default:
-		st.failures++
-		backoff := time.Duration(1<<min(st.failures, 6)) * time.Second
-		st.retryAt = time.Now().Add(backoff)
-		l.log.WithError(err).WithField("failures", st.failures).Warn("Prefetch batch failed; retrying later")
-		if st.failures >= maxBatchFailures || l.bad.Load() != nil {
-			st.status = fmt.Sprintf("failed: %v", err)
-			l.mu.Unlock()
-			p.remove(l)
-			return
+		lf.failures++
+		lf.retryAt = time.Now().Add(time.Duration(1<<min(lf.failures, 6)) * time.Second)
+		l.log.WithError(err).WithField("failures", lf.failures).Warn("Background fetch batch failed; retrying later")
+		if lf.failures >= maxBatchFailures || l.spans.Bad() != "" {
+			f.endLocked(lf, fillFailed, err.Error())
 		}
 	}
-	l.mu.Unlock()
 }
 
-// finish marks a layer's prefetch done and verifies the whole layer.
-func (p *prefetcher) finish(l *layer) {
-	l.mu.Lock()
-	if l.pf.status == "waiting" || l.pf.status == "running" {
-		l.pf.status = "done"
-		l.pf.finished = time.Now()
+// runVerify verifies the whole layer (fetching, in order and at Verify
+// priority, what is not here).
+func (f *filler) runVerify(lf *layerFill) {
+	l := lf.l
+	err := f.cfg.verify(f.ctx, l)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	defer f.changedLocked()
+	if f.fills[l] != lf {
+		return
 	}
-	l.mu.Unlock()
-	l.log.WithField("prefetch", l.pf.String()).Info("Layer fully fetched")
-	p.s.verifyLayer(p.ctx, l)
-}
-
-// rateLimiter is a token bucket in bytes.
-type rateLimiter struct {
-	rate, burst int64
-
-	mu     sync.Mutex // guards tokens and last
-	tokens float64
-	last   time.Time
-}
-
-func newRateLimiter(rate, burst int64) *rateLimiter {
-	return &rateLimiter{rate: rate, burst: burst, tokens: float64(burst), last: time.Now()}
-}
-
-// wait blocks until n bytes may be sent.
-func (r *rateLimiter) wait(ctx context.Context, n int64) error {
-	r.mu.Lock()
-	now := time.Now()
-	r.tokens = min(float64(r.burst), r.tokens+now.Sub(r.last).Seconds()*float64(r.rate))
-	r.last = now
-	r.tokens -= float64(n)
-	deficit := -r.tokens
-	r.mu.Unlock()
-	if deficit <= 0 {
-		return nil
+	switch {
+	case err == nil:
+		f.endLocked(lf, fillDone, "")
+		l.log.WithField("fill", lf.String()).Info("Layer fully fetched and verified")
+	case f.ctx.Err() != nil:
+	case errors.Is(err, spans.ErrPreempted):
+		lf.state = fillWaiting // verify again when the link is idle
+	default:
+		lf.failures++
+		lf.state = fillWaiting
+		lf.retryAt = time.Now().Add(time.Duration(1<<min(lf.failures, 6)) * time.Second)
+		if lf.failures >= maxBatchFailures || l.spans.Bad() != "" {
+			f.endLocked(lf, fillFailed, err.Error())
+		}
 	}
-	if !sleepCtx(ctx, time.Duration(deficit/float64(r.rate)*float64(time.Second))) {
-		return ctx.Err()
-	}
-	return nil
 }
 
-// sleepCtx sleeps for d; it reports false when ctx ended first.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
+// endLocked ends lf's work in state st.
+func (f *filler) endLocked(lf *layerFill, st fillState, reason string) {
+	lf.state, lf.reason, lf.finished = st, reason, time.Now()
+	f.dequeueLocked(lf.l)
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/lazypull/lazypull/layerstore/config"
 	"github.com/lazypull/lazypull/layerstore/control"
 	"github.com/lazypull/lazypull/layerstore/remote"
+	"github.com/lazypull/lazypull/layerstore/spans"
 )
 
 // TestPrefetchFetchesAll prefetches a layer served from an index: every
@@ -26,7 +27,7 @@ func TestPrefetchFetchesAll(t *testing.T) {
 	auth := func(_ reference.Named, _ []string, base http.RoundTripper) (remote.Auth, error) {
 		return freshCounter{Auth: remote.Anonymous(base), n: &fresh}, nil
 	}
-	s, img, _ := servedFromLocal(t, reg, l, func(c *config.Config) { c.Prefetch.Enabled = true }, Options{Auth: auth})
+	s, img, _ := servedFromLocal(t, reg, l, func(c *config.Config) { c.Prefetch.Enabled = true; c.Verify.Enabled = true }, Options{Auth: auth})
 	mark := reg.mark()
 	lv := s.mustLookup(t, img.ref, l.digest)
 	ls := s.waitLayer(t, l.digest, 30*time.Second, "prefetched and verified", func(ls *control.LayerStatus) bool {
@@ -78,7 +79,7 @@ func sumSpanBytes(t testing.TB, s *testStore, d interface{ String() string }) in
 		if l.digest.String() == d.String() {
 			var n int64
 			for id := range l.x.NumSpans() {
-				n += spanLen(l.x, id)
+				n += spanLen(l, id)
 			}
 			return n
 		}
@@ -94,18 +95,17 @@ func TestPrefetchYieldsToDemand(t *testing.T) {
 	l := stdLayer(t, 61, 800, 300)
 	s, img, z := servedFromLocal(t, reg, l, func(c *config.Config) {
 		c.Prefetch.Enabled = true
+		c.Verify.Enabled = true
 		c.Prefetch.Concurrency = 1
 	}, Options{})
 	x := z.openIndex(t)
-	// An on-demand read is waiting (as if a container were blocked on a
-	// span) from before the layer is served.
-	s.demand.Add(1)
-	released := false
-	defer func() {
-		if !released {
-			s.demand.Add(-1)
-		}
-	}()
+	// An on-demand fetch runs (as if a container were blocked on a span)
+	// from before the layer is served.
+	demand := s.sched.Ticket(t.Context(), spans.Demand, 1)
+	if err := demand.Wait(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	defer demand.Done()
 	lv := s.mustLookup(t, img.ref, l.digest)
 	mark := reg.mark()
 	time.Sleep(300 * time.Millisecond)
@@ -132,8 +132,7 @@ func TestPrefetchYieldsToDemand(t *testing.T) {
 		t.Fatal("the file starts in span 0; the test needs a span before it")
 	}
 	mark = reg.mark()
-	s.demand.Add(-1)
-	released = true
+	demand.Done()
 	s.waitLayer(t, l.digest, 30*time.Second, "prefetched", prefetchDone)
 	gets := reg.since(mark, blobGets(l.digest))
 	c0, c1 := x.SpanCompressedRange(hot - 1)
@@ -150,6 +149,7 @@ func TestPrefetchBandwidth(t *testing.T) {
 	const rate = 512 << 10
 	s, img, _ := servedFromLocal(t, reg, l, func(c *config.Config) {
 		c.Prefetch.Enabled = true
+		c.Verify.Enabled = true
 		c.Prefetch.Bandwidth = rate
 		c.Prefetch.BatchSize = 1 << 20 // also the burst
 	}, Options{})
@@ -196,6 +196,7 @@ func TestPrefetchRetries(t *testing.T) {
 	})
 	s, img, _ := servedFromLocal(t, reg, l, func(c *config.Config) {
 		c.Prefetch.Enabled = true
+		c.Verify.Enabled = true
 		c.Prefetch.Concurrency = 1
 		c.Registry.MaxRetries = 0
 	}, Options{})

@@ -38,8 +38,8 @@ const TOCRefPrefix = "lazypull-toc:"
 // pull the layer itself.
 func (s *Store) Lookup(ctx context.Context, refStr string, dgst digest.Digest) (alsfs.Layer, error) {
 	start := time.Now()
-	// A pull is under way: background prefetch waits until it is done.
-	s.lastDemand.Store(start.UnixNano())
+	// A pull is under way: background fetches wait until it is done.
+	s.sched.Touch()
 	identity := identityLegacy
 	if r, ok := strings.CutPrefix(refStr, TOCRefPrefix); ok {
 		identity, refStr = identityTOC, r
@@ -56,27 +56,27 @@ func (s *Store) Lookup(ctx context.Context, refStr string, dgst digest.Digest) (
 	return v, nil
 }
 
-func (s *Store) lookup(ctx context.Context, refStr string, dgst digest.Digest, identity layerIdentity, log *logrus.Entry) (layerView, error) {
+func (s *Store) lookup(ctx context.Context, refStr string, dgst digest.Digest, identity layerIdentity, log *logrus.Entry) (*layerView, error) {
 	if err := dgst.Validate(); err != nil {
-		return layerView{}, fmt.Errorf("%w: %w", ErrNotServed, err)
+		return nil, fmt.Errorf("%w: %w", ErrNotServed, err)
 	}
 	if refStr == "" {
 		// The store mounted without ":ref": only layers already known.
 		l := s.knownLayer(dgst)
 		if l == nil {
-			return layerView{}, fmt.Errorf("%w: unknown layer without an image reference", ErrNotServed)
+			return nil, fmt.Errorf("%w: unknown layer without an image reference", ErrNotServed)
 		}
-		return l.view(identity)
+		return l.newView(identity)
 	}
 	ref, err := reference.ParseNormalizedNamed(refStr)
 	if err != nil {
-		return layerView{}, fmt.Errorf("%w: image reference %q: %w", ErrNotServed, refStr, err)
+		return nil, fmt.Errorf("%w: image reference %q: %w", ErrNotServed, refStr, err)
 	}
 	// Every lookup proves, with the credentials of this pull, that the image
 	// can be read: cached artifacts never let anyone mount a private image.
 	img, err := s.resolveImage(ctx, ref)
 	if err != nil {
-		return layerView{}, err
+		return nil, err
 	}
 	var desc remote.Layer
 	found := false
@@ -87,25 +87,25 @@ func (s *Store) lookup(ctx context.Context, refStr string, dgst digest.Digest, i
 		}
 	}
 	if !found {
-		return layerView{}, fmt.Errorf("%w: %s is not a layer of %s", ErrNotServed, dgst, ref)
+		return nil, fmt.Errorf("%w: %s is not a layer of %s", ErrNotServed, dgst, ref)
 	}
 	if desc.Size < int64(s.cfg.Index.MinLayerSize) {
-		return layerView{}, fmt.Errorf("%w: layer of %d bytes is below index.min_layer_size", ErrNotServed, desc.Size)
+		return nil, fmt.Errorf("%w: layer of %d bytes is below index.min_layer_size", ErrNotServed, desc.Size)
 	}
 	if !servableMediaType(desc.MediaType) {
-		return layerView{}, fmt.Errorf("%w: media type %s", ErrNotServed, desc.MediaType)
+		return nil, fmt.Errorf("%w: media type %s", ErrNotServed, desc.MediaType)
 	}
 	blob, err := s.client.Blob(ref, desc.Digest, desc.Size)
 	if err != nil {
-		return layerView{}, fmt.Errorf("layer blob: %w", err)
+		return nil, fmt.Errorf("layer blob: %w", err)
 	}
 	l, err := s.layerFor(ctx, ref, img, desc, blob, log)
 	if err != nil {
-		return layerView{}, err
+		return nil, err
 	}
 	l.addSource(ref, blob)
-	s.prefetch.add(l)
-	return l.view(identity)
+	s.fill.add(l)
+	return l.newView(identity)
 }
 
 // servableMediaType reports whether layers of this media type can be
@@ -169,11 +169,11 @@ func (s *Store) knownLayer(dgst digest.Digest) *layer {
 // layerFor returns the served layer for desc, loading it (finding or
 // building its zTOC) once however many lookups ask at the same time.
 func (s *Store) layerFor(ctx context.Context, ref reference.Named, img *remote.Image, desc remote.Layer, blob *remote.Blob, log *logrus.Entry) (*layer, error) {
-	if l := s.knownLayer(desc.Digest); l != nil && l.bad.Load() == nil {
+	if l := s.knownLayer(desc.Digest); l != nil && l.spans.Bad() == "" {
 		return l, nil
 	}
 	v, err, _ := s.layerSF.Do(desc.Digest.String(), func() (any, error) {
-		if l := s.knownLayer(desc.Digest); l != nil && l.bad.Load() == nil {
+		if l := s.knownLayer(desc.Digest); l != nil && l.spans.Bad() == "" {
 			return l, nil
 		}
 		l, err := s.loadLayer(ctx, ref, img, desc, blob, log)
@@ -196,17 +196,37 @@ func (s *Store) layerFor(ctx context.Context, ref reference.Named, img *remote.I
 }
 
 // replaceLayer hands the host's references of a layer found bad over to its
-// replacement (the host releases them through the same path), and closes
-// the old zTOC.
+// replacement (the host releases them through the same path). The old
+// layer keeps serving errors through the directories the kernel still
+// holds; it closes once they are released.
 func (s *Store) replaceLayer(old, l *layer) {
 	old.mu.Lock()
 	uses := old.uses
+	views := old.views
 	old.mu.Unlock()
 	for i := 0; i < uses; i++ {
-		l.use()
-		old.release()
+		l.use(s)
+		old.release(s)
 	}
-	old.file.Close()
+	if views == 0 {
+		old.close()
+		return
+	}
+	s.background(func(ctx context.Context) {
+		// Close the old layer once the kernel let go of its directories
+		// (or the store closes).
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for old.idleFor(time.Now()) == 0 {
+			select {
+			case <-ctx.Done():
+				old.close()
+				return
+			case <-t.C:
+			}
+		}
+		old.close()
+	})
 }
 
 // loadLayer finds the layer's zTOC (local store, shared store, the image's
@@ -259,17 +279,17 @@ func (s *Store) openLayer(ctx context.Context, desc remote.Layer, zd digest.Dige
 	if got := x.Ztoc().CompressedArchiveSize; got != desc.Size {
 		return unusable(fmt.Errorf("zTOC %s describes %d compressed bytes, the layer has %d", zd, got, desc.Size))
 	}
-	l := s.newLayer(desc, zd, source, f, x, log.WithField("ztoc", zd))
 	// The bytes before span 0 (the gzip header) belong to no span: keep them.
+	var header []byte
 	if start, _ := x.SpanCompressedRange(0); start > 0 {
 		bufs, err := blob.ReadRanges(ctx, []remote.Range{{Offset: 0, Length: start}})
 		if err != nil {
 			f.Close()
 			return nil, fmt.Errorf("read layer header: %w", err)
 		}
-		l.header = bufs[0]
+		header = bufs[0]
 	}
-	return l, nil
+	return s.newLayer(layerParts{desc: desc, ztocDigest: zd, source: source, file: f, x: x, header: header}, log.WithField("ztoc", zd)), nil
 }
 
 // findZtoc looks for the layer's zTOC: local store, shared store, the

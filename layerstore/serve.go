@@ -45,6 +45,7 @@ func (s *Store) Serve(ctx context.Context, ready func()) error {
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", cfg.MountPoint, explainMountError(err))
 	}
+	s.setEvicter(srv)
 	ctl, err := control.Listen(cfg.Socket, s)
 	if err != nil {
 		_ = srv.Unmount()

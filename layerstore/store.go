@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -20,9 +21,9 @@ import (
 	"github.com/lazypull/lazypull/layerstore/artifact"
 	"github.com/lazypull/lazypull/layerstore/config"
 	"github.com/lazypull/lazypull/layerstore/control"
+	"github.com/lazypull/lazypull/layerstore/diskcache"
 	"github.com/lazypull/lazypull/layerstore/remote"
-	"github.com/lazypull/lazypull/layerstore/spancache"
-	"github.com/lazypull/lazypull/ztoc"
+	"github.com/lazypull/lazypull/layerstore/spans"
 )
 
 // Options are the parts of a Store that are not configuration.
@@ -45,28 +46,45 @@ type Options struct {
 	OnClose func() error
 }
 
+// Lifetimes of what the daemon keeps in memory (not configuration).
+const (
+	// layerIdleTTL is how long a layer nobody uses (no host reference, no
+	// directory in the FUSE tree) stays loaded.
+	layerIdleTTL = 10 * time.Minute
+	// viewIdleTTL is how long the FUSE tree keeps a layer directory nobody
+	// looked up; then the kernel is asked to forget it, and a later lookup
+	// resolves (and authorizes) it again.
+	viewIdleTTL = 10 * time.Minute
+	// sweepInterval is how often the store sweeps what expired.
+	sweepInterval = time.Minute
+)
+
+// viewEvicter is the FUSE tree's side of taking back what was served
+// (alsfs.Server implements it).
+type viewEvicter interface {
+	// EvictLayer drops every layer directory of layer d.
+	EvictLayer(d digest.Digest) int
+	// EvictIdle drops layer directories not looked up for idle.
+	EvictIdle(idle time.Duration) int
+}
+
 // Store is the layer store: it resolves images, finds or builds zTOCs and
 // serves layers. It implements alsfs.Resolver and control.Service.
 type Store struct {
-	cfg     config.Config
-	opts    Options
-	log     *logrus.Entry
-	client  *remote.Client
-	spans   *spancache.Cache
-	local   *artifact.Local
-	shared  artifact.Backend // nil when no shared repository is configured
-	sharedN reference.Named
-	// memSpans holds inflated spans for all layers.
-	memSpans *ztoc.SpanCache
+	cfg      config.Config
+	opts     Options
+	lock     *rootLock // held on root_dir until Close
+	log      *logrus.Entry
+	client   *remote.Client
+	spans    *diskcache.Cache
+	local    *artifact.Local
+	shared   artifact.Backend // nil when no shared repository is configured
+	sharedN  reference.Named
+	sched    *spans.Scheduler
 	metrics  *metrics
-	prefetch *prefetcher
-	// demand counts on-demand span fetches in flight (prefetch yields);
-	// lastDemand is when the last one started (unix nanoseconds).
-	demand     atomic.Int64
-	lastDemand atomic.Int64
-	started    time.Time
-	// buildSem bounds layers indexed at the same time.
-	buildSem chan struct{}
+	fill     *filler
+	started  time.Time
+	buildSem chan struct{} // bounds layers indexed at the same time
 
 	// ctx is canceled by Close; wg tracks the goroutines the store owns,
 	// started through background (bgMu guards closing: no new goroutine
@@ -79,8 +97,11 @@ type Store struct {
 
 	imageSF, layerSF, indexSF singleflight.Group
 
+	evictMu sync.Mutex  // guards evicter
+	evicter viewEvicter // set by Serve once mounted
+
 	mu sync.Mutex // guards the fields below
-	// layers are the layers served, by compressed digest.
+	// layers are the layers loaded, by compressed digest.
 	layers          map[digest.Digest]*layer
 	images          map[string]*imageEntry
 	registryIndexes map[string]*registryIndexEntry
@@ -103,11 +124,30 @@ func New(cfg config.Config, opts Options) (*Store, error) {
 	if opts.Auth == nil {
 		opts.Auth = remote.AnonymousAuthFunc
 	}
+	if err := os.MkdirAll(cfg.RootDir, 0o700); err != nil {
+		return nil, fmt.Errorf("root_dir: %w", err)
+	}
+	lock, err := lockRootDir(cfg.RootDir)
+	if err != nil {
+		return nil, err
+	}
+	s, err := open(cfg, opts, lock)
+	if err != nil {
+		lock.release()
+		return nil, err
+	}
+	return s, nil
+}
+
+// open opens the store's state once root_dir is locked.
+func open(cfg config.Config, opts Options, lock *rootLock) (*Store, error) {
 	fsSize, err := fsBytes(cfg.RootDir)
 	if err != nil {
 		return nil, err
 	}
-	spans, err := spancache.Open(filepath.Join(cfg.RootDir, "spans"), cfg.Cache.SpanCacheSize.Resolve(fsSize))
+	// The span cache before diskcache: spans are fetched again.
+	_ = os.RemoveAll(filepath.Join(cfg.RootDir, "spans"))
+	spanCache, err := diskcache.Open(filepath.Join(cfg.RootDir, "spancache"), cfg.Cache.SpanCacheSize.Resolve(fsSize))
 	if err != nil {
 		return nil, err
 	}
@@ -130,13 +170,19 @@ func New(cfg config.Config, opts Options) (*Store, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Store{
-		cfg:             cfg,
-		opts:            opts,
-		log:             opts.Log,
-		client:          client,
-		spans:           spans,
-		local:           local,
-		memSpans:        ztoc.NewSpanCache(int64(cfg.Cache.MemorySpans) * int64(cfg.Index.SpanSize)),
+		cfg:    cfg,
+		opts:   opts,
+		lock:   lock,
+		log:    opts.Log,
+		client: client,
+		spans:  spanCache,
+		local:  local,
+		sched: spans.NewScheduler(spans.SchedulerOptions{
+			MaxActive:     cfg.Fetch.Concurrency,
+			MaxBackground: cfg.Prefetch.Concurrency,
+			Bandwidth:     int64(cfg.Prefetch.Bandwidth),
+			Burst:         int64(cfg.Prefetch.BatchSize),
+		}),
 		started:         time.Now(),
 		buildSem:        make(chan struct{}, cfg.Index.Parallel),
 		ctx:             ctx,
@@ -157,7 +203,18 @@ func New(cfg config.Config, opts Options) (*Store, error) {
 		s.shared = artifact.NewRegistry(client, s.sharedN)
 	}
 	s.metrics = newMetrics(s)
-	s.prefetch = newPrefetcher(s)
+	s.fill = newFiller(fillerConfig{
+		prefetch:    cfg.Prefetch.Enabled,
+		verifyAll:   cfg.Verify.Enabled,
+		concurrency: cfg.Prefetch.Concurrency,
+		batchSize:   int64(cfg.Prefetch.BatchSize),
+		ensureFresh: client.EnsureFresh,
+		idle:        s.sched.WaitIdle,
+		verify:      s.verifyLayer,
+		metrics:     s.metrics,
+		log:         s.log.WithField("component", "prefetch"),
+	})
+	s.background(s.sweepLoop)
 	return s, nil
 }
 
@@ -192,18 +249,21 @@ func (s *Store) Close() error {
 	s.closing = true
 	s.bgMu.Unlock()
 	s.cancel()
-	s.prefetch.close()
+	s.fill.close()
 	s.wg.Wait()
 	s.mu.Lock()
-	for _, l := range s.layers {
-		l.file.Close()
-	}
+	layers := s.layers
 	s.layers = map[digest.Digest]*layer{}
 	s.mu.Unlock()
+	for _, l := range layers {
+		l.close()
+	}
+	s.sched.Close()
 	err := s.client.Close()
 	if s.opts.OnClose != nil {
 		err = errors.Join(err, s.opts.OnClose())
 	}
+	s.lock.release()
 	return err
 }
 
@@ -225,31 +285,186 @@ func (s *Store) background(fn func(ctx context.Context)) {
 // Client returns the registry client (for `lazypull index`).
 func (s *Store) Client() *remote.Client { return s.client }
 
+// setEvicter connects the FUSE tree (Serve does, once mounted).
+func (s *Store) setEvicter(e viewEvicter) {
+	s.evictMu.Lock()
+	defer s.evictMu.Unlock()
+	s.evicter = e
+}
+
+func (s *Store) evicterOf() viewEvicter {
+	s.evictMu.Lock()
+	defer s.evictMu.Unlock()
+	return s.evicter
+}
+
 // Use implements alsfs.Resolver.
 func (s *Store) Use(ref string, dgst digest.Digest) {
 	if l := s.knownLayer(dgst); l != nil {
-		l.use()
+		l.use(s)
 	}
 }
 
 // Release implements alsfs.Resolver.
 func (s *Store) Release(ref string, dgst digest.Digest) {
 	if l := s.knownLayer(dgst); l != nil {
-		l.release()
+		l.release(s)
 	}
 }
 
-// dropLayer forgets a layer found bad: its index and cached spans go, so a
-// later lookup starts from scratch; reads of the old object keep failing.
-// The layer stays listed (status shows why it is bad) until a lookup
-// replaces it.
-func (s *Store) dropLayer(l *layer) {
-	s.prefetch.remove(l)
-	s.memSpans.Drop(l.x)
-	if err := s.spans.RemoveLayer(l.digest); err != nil {
+// use and release count the host's references (ALS `use` and rmdir); while
+// there are any, the layer's spans and zTOC are kept from eviction.
+func (l *layer) use(s *Store) {
+	l.mu.Lock()
+	l.uses++
+	first := l.uses == 1
+	l.mu.Unlock()
+	if first {
+		s.spans.Pin(l.group)
+		s.local.Pin(l.ztocDigest)
+	}
+}
+
+func (l *layer) release(s *Store) {
+	l.mu.Lock()
+	if l.uses == 0 {
+		l.mu.Unlock()
+		return
+	}
+	l.uses--
+	last := l.uses == 0
+	if last && l.views == 0 {
+		l.idleSince = time.Now()
+	}
+	l.mu.Unlock()
+	if last {
+		s.spans.Unpin(l.group)
+		s.local.Unpin(l.ztocDigest)
+	}
+}
+
+// newView returns the layer as seen through one reference, counting a view
+// until the FUSE tree releases it.
+func (l *layer) newView(id layerIdentity) (*layerView, error) {
+	if err := l.badErr(); err != nil {
+		return nil, err
+	}
+	info, err := infoJSON(l, id)
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	l.views++
+	l.mu.Unlock()
+	return &layerView{l: l, info: info, release: func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.views--
+		if l.views == 0 && l.uses == 0 {
+			l.idleSince = time.Now()
+		}
+	}}, nil
+}
+
+// idleFor reports how long nobody has used or viewed the layer (0 while
+// somebody does).
+func (l *layer) idleFor(now time.Time) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.uses > 0 || l.views > 0 {
+		return 0
+	}
+	return now.Sub(l.idleSince)
+}
+
+// close stops the layer's span manager and closes its zTOC.
+func (l *layer) close() {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	l.closed = true
+	l.mu.Unlock()
+	l.spans.Close()
+	l.file.Close()
+}
+
+// markBad takes a layer out of service: every later read fails with EIO,
+// the FUSE tree forgets its directories (the next lookup starts afresh),
+// and the artifacts and spans that described it are dropped. The layer stays
+// listed (status shows why it is bad) until a lookup replaces it or it is
+// swept.
+func (s *Store) markBad(l *layer, reason string) {
+	l.spans.MarkBad(reason) // the manager may have done so itself
+	if !l.dropped.CompareAndSwap(false, true) {
+		return
+	}
+	reason = l.spans.Bad()
+	l.log.WithField("reason", reason).Error("Layer failed verification: reads fail from now on, its index and cached spans are dropped")
+	s.metrics.verified.WithLabelValues("bad").Inc()
+	s.fill.remove(l)
+	if err := s.spans.RemoveGroup(l.group); err != nil {
 		l.log.WithError(err).Warn("Dropping cached spans")
 	}
 	s.forgetZtoc(l.digest, l.ztocDigest)
+	// Not from here: markBad may run inside a FUSE read, and the FUSE tree
+	// must not notify the kernel from a request handler.
+	s.background(func(context.Context) {
+		if e := s.evicterOf(); e != nil {
+			e.EvictLayer(l.digest)
+		}
+	})
+}
+
+// sweepLoop drops, every sweepInterval, what nobody needs any more: layers
+// idle for layerIdleTTL (their span managers and zTOCs), resolved images
+// and registry index answers past their TTL, and FUSE layer directories
+// not looked up for viewIdleTTL.
+func (s *Store) sweepLoop(ctx context.Context) {
+	t := time.NewTicker(sweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.sweep(time.Now(), layerIdleTTL, viewIdleTTL)
+		}
+	}
+}
+
+// sweep does one round of sweepLoop; it returns the number of layers
+// dropped.
+func (s *Store) sweep(now time.Time, layerTTL, viewTTL time.Duration) int {
+	if e := s.evicterOf(); e != nil {
+		e.EvictIdle(viewTTL)
+	}
+	var drop []*layer
+	s.mu.Lock()
+	for d, l := range s.layers {
+		if idle := l.idleFor(now); idle > 0 && idle >= layerTTL {
+			delete(s.layers, d)
+			drop = append(drop, l)
+		}
+	}
+	for k, e := range s.images {
+		if now.After(e.expires) {
+			delete(s.images, k)
+		}
+	}
+	for k, e := range s.registryIndexes {
+		if now.After(e.expires) {
+			delete(s.registryIndexes, k)
+		}
+	}
+	s.mu.Unlock()
+	for _, l := range drop {
+		s.fill.remove(l)
+		l.close()
+		l.log.Debug("Unloaded idle layer")
+	}
+	return len(drop)
 }
 
 // Prune implements control.Service: it evicts cached spans and artifacts of
@@ -258,8 +473,7 @@ func (s *Store) Prune(_ context.Context, req control.PruneRequest) (*control.Pru
 	if req.SpanTarget < 0 || req.ArtifactTarget < 0 {
 		return nil, errors.New("prune targets must not be negative")
 	}
-	freed := s.local.Prune(req.ArtifactTarget)
-	return &control.PruneResult{SpanBytesFreed: s.spans.Prune(req.SpanTarget), ArtifactBytesFreed: freed}, nil
+	return &control.PruneResult{SpanBytesFreed: s.spans.Prune(req.SpanTarget), ArtifactBytesFreed: s.local.Prune(req.ArtifactTarget)}, nil
 }
 
 // Handover implements control.Service.
@@ -270,76 +484,43 @@ func (s *Store) Handover(ctx context.Context, creds map[string]control.Credentia
 	return s.opts.Handover(ctx, creds)
 }
 
-// Status implements control.Service.
-func (s *Store) Status(context.Context) (*control.Status, error) {
-	rs := s.client.Stats()
-	cs := s.spans.Stats()
-	mh, mm := s.memSpans.Stats()
-	as := s.local.Stats()
-	nblobs, ablobs := as.Entries, as.Bytes
-	st := &control.Status{
-		Version:    s.opts.Version,
-		Uptime:     time.Since(s.started).Round(time.Second),
-		MountPoint: s.cfg.MountPoint,
-		RootDir:    s.cfg.RootDir,
-		Registry: control.RegistryStats{
-			Requests:       rs.Requests,
-			BytesFetched:   rs.ManifestBytes + rs.BlobRangeBytes + rs.BlobFullBytes,
-			ManifestBytes:  rs.ManifestBytes,
-			RangeBytes:     rs.BlobRangeBytes,
-			FullBlobBytes:  rs.BlobFullBytes,
-			Retries:        rs.Retries,
-			Errors:         rs.Errors,
-			RedirectsFresh: rs.Redirects,
-		},
-		Cache: control.CacheStats{
-			SpanEntries: cs.Entries, SpanBytes: cs.Bytes, SpanMaxBytes: cs.MaxBytes,
-			SpanHits: cs.Hits, SpanMisses: cs.Misses, SpanEvictions: cs.Evictions,
-			MemoryHits: mh, MemoryMisses: mm,
-			ArtifactBlobs: nblobs, ArtifactBytes: ablobs, ArtifactMaxSize: s.local.Max(),
-		},
-		Reads: s.metrics.readStats(),
+func readAhead(b config.ByteSize) int64 {
+	if b == 0 {
+		return -1
 	}
-	if s.opts.AuthStats != nil {
-		st.Auth = s.opts.AuthStats()
-	}
-	s.mu.Lock()
-	layers := make([]*layer, 0, len(s.layers))
-	for _, l := range s.layers {
-		layers = append(layers, l)
-	}
-	s.mu.Unlock()
-	for _, l := range layers {
-		st.Layers = append(st.Layers, l.status())
-	}
-	return st, nil
+	return int64(b)
 }
 
-func (l *layer) status() control.LayerStatus {
-	n, _ := l.s.spans.LayerBytes(l.digest)
-	l.mu.Lock()
-	refs := make([]string, len(l.refs))
-	for i, r := range l.refs {
-		refs[i] = r.String()
+// newLayer assembles a layer around an opened zTOC, with its span manager.
+func (s *Store) newLayer(p layerParts, log *logrus.Entry) *layer {
+	l := &layer{
+		digest:     p.desc.Digest,
+		size:       p.desc.Size,
+		mediaType:  p.desc.MediaType,
+		diffID:     p.desc.DiffID,
+		ztocDigest: p.ztocDigest,
+		source:     p.source,
+		x:          p.x,
+		file:       p.file,
+		group:      spanGroup(p.desc.Digest, p.ztocDigest),
+		header:     p.header,
+		mounted:    time.Now(),
+		log:        log,
+		metrics:    s.metrics,
+		checked:    make([]atomic.Bool, len(p.x.Entries())),
 	}
-	ls := control.LayerStatus{
-		Digest:         l.digest.String(),
-		Refs:           refs,
-		Size:           l.size,
-		Spans:          l.x.NumSpans(),
-		SpansCached:    n,
-		BytesFetched:   l.src.fetchedBytes.Load(),
-		InUse:          l.uses,
-		Prefetch:       l.pf.String(),
-		Verified:       l.verified.Load(),
-		IndexSource:    l.source,
-		ReadsServed:    l.reads.Load(),
-		ReadErrors:     l.readErrors.Load(),
-		FirstMountedAt: l.mounted.UTC().Format(time.RFC3339),
-	}
-	l.mu.Unlock()
-	if r := l.bad.Load(); r != nil {
-		ls.Bad = *r
-	}
-	return ls
+	l.onBad = func(reason string) { s.markBad(l, reason) }
+	l.spans = spans.New(spans.Options{
+		Layout:    ztocLayout{p.x},
+		Sources:   l.sources,
+		Cache:     s.spans,
+		Group:     l.group,
+		Scheduler: s.sched,
+		OnBad:     l.onBad,
+		Log:       log,
+		// 0 in the configuration disables read-ahead; spans.Options
+		// takes a negative value for that.
+		ReadAheadBytes: readAhead(s.cfg.Fetch.ReadAhead),
+	})
+	return l
 }

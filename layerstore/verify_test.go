@@ -54,7 +54,7 @@ func checkBadLayer(t *testing.T, s *testStore, lv alsfs.Layer, l *testLayer, zd 
 	if _, err := lv.Content(); !errors.Is(err, ErrLayerBad) {
 		t.Errorf("Content of a bad layer = %v, want ErrLayerBad", err)
 	}
-	c := lv.(layerView).l // the content the host already holds
+	c := lv.(*layerView).l // the content the host already holds
 	for i, e := range c.Entries() {
 		if _, ok := l.content(e.Name); !ok {
 			continue
@@ -72,7 +72,7 @@ func checkBadLayer(t *testing.T, s *testStore, lv alsfs.Layer, l *testLayer, zd 
 	// artifacts follows at once, on the goroutine that found it.
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		blob, mapping := localArtifacts(t, s.root, l.digest, zd)
-		if _, n := s.spans.LayerBytes(l.digest); !blob && !mapping && n == 0 {
+		if n, _ := s.spans.GroupUsage(spanGroup(l.digest, zd)); !blob && !mapping && n == 0 {
 			break
 		}
 	}
@@ -82,7 +82,7 @@ func checkBadLayer(t *testing.T, s *testStore, lv alsfs.Layer, l *testLayer, zd 
 	if files := spanFiles(t, s.root, l.digest); len(files) != 0 {
 		t.Errorf("%d spans of the bad layer still cached, want 0", len(files))
 	}
-	if _, n := s.spans.LayerBytes(l.digest); n != 0 {
+	if _, n := s.spans.GroupUsage(spanGroup(l.digest, zd)); n != 0 {
 		t.Errorf("span cache accounts %d bytes of the bad layer, want 0", n)
 	}
 	if !loudLog(s) {
@@ -155,7 +155,7 @@ func TestTamperedZtoc(t *testing.T) {
 			}
 		}
 	})
-	s := newTestStore(t, reg, func(c *config.Config) { c.Prefetch.Enabled = true }, Options{})
+	s := newTestStore(t, reg, func(c *config.Config) { c.Prefetch.Enabled = true; c.Verify.Enabled = true }, Options{})
 	s.putZtoc(t, z)
 	lv := s.mustLookup(t, img.ref, l.digest)
 	ls := s.waitLayer(t, l.digest, 30*time.Second, "marked bad", func(ls *control.LayerStatus) bool { return ls.Bad != "" })
@@ -228,7 +228,7 @@ func TestWrongDiffID(t *testing.T) {
 		reg := newTestRegistry(t)
 		img := reg.pushImage(t, "app/diffid", "v1", []*testLayer{l}, imageOptions{diffIDs: wrong})
 		z := buildZtoc(t, l, nil)
-		s := newTestStore(t, reg, func(c *config.Config) { c.Prefetch.Enabled = true }, Options{})
+		s := newTestStore(t, reg, func(c *config.Config) { c.Prefetch.Enabled = true; c.Verify.Enabled = true }, Options{})
 		s.putZtoc(t, z)
 		lv := s.mustLookup(t, img.ref, l.digest)
 		s.waitLayer(t, l.digest, 30*time.Second, "marked bad", func(ls *control.LayerStatus) bool { return ls.Bad != "" })
@@ -241,7 +241,7 @@ func TestWrongDiffID(t *testing.T) {
 func TestVerifiedAfterPrefetch(t *testing.T) {
 	reg := newTestRegistry(t)
 	l := stdLayer(t, 53, 300, 100)
-	s, img, _ := servedFromLocal(t, reg, l, func(c *config.Config) { c.Prefetch.Enabled = true }, Options{})
+	s, img, _ := servedFromLocal(t, reg, l, func(c *config.Config) { c.Prefetch.Enabled = true; c.Verify.Enabled = true }, Options{})
 	lv := s.mustLookup(t, img.ref, l.digest)
 	ls := s.waitLayer(t, l.digest, 30*time.Second, "verified", func(ls *control.LayerStatus) bool { return ls.Verified })
 	if ls.Bad != "" || !prefetchDone(ls) || ls.SpansCached != ls.Spans {

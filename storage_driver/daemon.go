@@ -273,14 +273,7 @@ func logTail(path string, offset int64) string {
 // those podman hands over, and the FUSE store mounted at cfg.MountPoint. It
 // refuses to start, naming every missing piece, when Preflight fails.
 func RunDaemon(ctx context.Context, cfg config.Config, log *logrus.Entry) error {
-	if err := Preflight(cfg); err != nil {
-		return err
-	}
-	st, err := layerstore.OpenWithPodmanAuth(cfg, Version, log)
-	if err != nil {
-		return err
-	}
-	return st.Serve(ctx, nil)
+	return layerstore.Run(ctx, cfg, layerstore.RunOptions{Version: Version, Log: log})
 }
 
 func daemonLogger(cfg config.Config) *logrus.Entry {

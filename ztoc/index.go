@@ -198,12 +198,12 @@ func (x *LayerIndex) InflateSpan(id SpanID, compressed, dst []byte) ([]byte, err
 	if err := x.VerifySpan(id, compressed); err != nil {
 		return nil, err
 	}
-	return x.inflateVerified(id, compressed, dst)
+	return x.InflateVerified(id, compressed, dst)
 }
 
-// inflateVerified is InflateSpan for bytes already verified against span
+// InflateVerified is InflateSpan for bytes already verified against span
 // id's digest.
-func (x *LayerIndex) inflateVerified(id SpanID, compressed, dst []byte) ([]byte, error) {
+func (x *LayerIndex) InflateVerified(id SpanID, compressed, dst []byte) ([]byte, error) {
 	start, end := x.SpanCompressedRange(id)
 	if int64(len(compressed)) != end-start {
 		return nil, fmt.Errorf("%w: span %d has %d bytes, want %d", ErrSpanDigest, id, len(compressed), end-start)

@@ -244,7 +244,7 @@ func (r *Reader) fetchRun(ctx context.Context, a, b SpanID, owned map[SpanID]*fl
 		ferr := err
 		switch {
 		case ferr == nil && verified:
-			data, ferr = r.x.inflateVerified(id, comp[id-a], nil)
+			data, ferr = r.x.InflateVerified(id, comp[id-a], nil)
 		case ferr == nil:
 			data, ferr = r.x.InflateSpan(id, comp[id-a], nil)
 		default:
@@ -320,21 +320,53 @@ func (f *File) ReadAtContext(ctx context.Context, p []byte, off int64) (int, err
 	return f.r.ReadFile(ctx, f.i, p, off)
 }
 
-// CheckHeader reads the tar header block just before the data of regular
-// file i (a hard link is checked as its target) and checks that it is the
-// header of that file: a valid tar header (checksum) of a regular file with
-// the entry's size, mode and owner. It catches a zTOC whose offsets or sizes
-// do not match the layer before a single byte of the file is served;
-// callers do it on the first read of each file. Empty files have nothing to
-// check. The caller's read that follows (n bytes at off in the file) is
-// fetched together with the header when its spans follow the header's, so
-// the check costs no extra request.
+// CheckHeader checks the tar header in front of regular file i's data (see
+// LayerIndex.CheckHeader). The caller's read that follows (n bytes at off in
+// the file) is fetched together with the header when its spans follow the
+// header's, so the check costs no extra request.
 func (r *Reader) CheckHeader(ctx context.Context, i int, off, n int64) error {
 	j, err := r.x.Resolve(i)
 	if err != nil {
 		return err
 	}
-	m := &r.x.z.TOC.FileMetadata[j]
+	if a, c, ok := r.x.HeaderSpans(j, off, n); ok {
+		if _, err := r.spans(ctx, a, c); err != nil {
+			return fmt.Errorf("ztoc: read header of %q: %w", r.x.z.TOC.FileMetadata[j].Name, err)
+		}
+	}
+	return r.x.CheckHeader(ctx, j, r.ReadAt)
+}
+
+// StreamReader reads the uncompressed tar stream of a layer at random
+// offsets (Reader.ReadAt, or a span manager's).
+type StreamReader func(ctx context.Context, p []byte, off int64) (int, error)
+
+// HeaderSpans returns the spans to fetch, in one go, for checking regular
+// file i's header before a read of n bytes at off in the file: from the
+// header's span to the read's last span, when the read's spans follow the
+// header's (ok is false otherwise, or when nothing needs checking).
+func (x *LayerIndex) HeaderSpans(i int, off, n int64) (first, last SpanID, ok bool) {
+	m := &x.z.TOC.FileMetadata[i]
+	if m.Type != TypeReg || m.UncompressedSize == 0 || m.UncompressedOffset < blockSize ||
+		off < 0 || off >= m.UncompressedSize || n <= 0 {
+		return 0, 0, false
+	}
+	end := m.UncompressedOffset + min(off+n, m.UncompressedSize) - 1
+	a, b, c := x.SpanOf(m.UncompressedOffset-blockSize), x.SpanOf(m.UncompressedOffset+off), x.SpanOf(end)
+	return a, c, b-a <= 1
+}
+
+// CheckHeader reads, through read, the tar header block just before the
+// data of regular file i and checks that it is the header of that file: a
+// valid tar header (checksum) of a regular file with the entry's size, mode
+// and owner. It catches a zTOC whose offsets or sizes do not match the
+// layer before a single byte of the file is served; callers do it on the
+// first read of each file. Empty files have nothing to check.
+func (x *LayerIndex) CheckHeader(ctx context.Context, i int, read StreamReader) error {
+	m := &x.z.TOC.FileMetadata[i]
+	if m.Type != TypeReg {
+		return fmt.Errorf("%w: %q is a %s, not a regular file", ErrNotExist, m.Name, m.Type)
+	}
 	if m.UncompressedSize == 0 {
 		return nil
 	}
@@ -342,17 +374,8 @@ func (r *Reader) CheckHeader(ctx context.Context, i int, off, n int64) error {
 		return fmt.Errorf("%w: %q: data at %d leaves no room for its header", ErrHeaderMismatch, m.Name, m.UncompressedOffset)
 	}
 	hdrOff := m.UncompressedOffset - blockSize
-	if off >= 0 && off < m.UncompressedSize && n > 0 {
-		end := m.UncompressedOffset + min(off+n, m.UncompressedSize) - 1
-		a, b, c := r.x.SpanOf(hdrOff), r.x.SpanOf(m.UncompressedOffset+off), r.x.SpanOf(end)
-		if b-a <= 1 {
-			if _, err := r.spans(ctx, a, c); err != nil {
-				return fmt.Errorf("ztoc: read header of %q: %w", m.Name, err)
-			}
-		}
-	}
 	block := make([]byte, blockSize, 3*blockSize) // + end-of-archive for archive/tar
-	if _, err := r.ReadAt(ctx, block, hdrOff); err != nil && err != io.EOF {
+	if _, err := read(ctx, block, hdrOff); err != nil && err != io.EOF {
 		return fmt.Errorf("ztoc: read header of %q: %w", m.Name, err)
 	}
 	h, err := tar.NewReader(bytes.NewReader(block[:3*blockSize])).Next()

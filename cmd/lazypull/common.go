@@ -5,14 +5,13 @@ import (
 
 	"github.com/lazypull/lazypull/layerstore"
 	"github.com/lazypull/lazypull/layerstore/config"
-	storagedriver "github.com/lazypull/lazypull/storage_driver"
 )
 
 // loadConfig reads the configuration named by --config, or the default file
 // when it exists (for an unprivileged user, ~/.config/lazypull/config.toml
 // first), over the embedded defaults of the user the command runs for.
 func loadConfig(g *globalFlags) (config.Config, error) {
-	cfg, err := storagedriver.LoadConfig(g.configPath)
+	cfg, err := config.Load(g.configPath)
 	if err != nil {
 		return cfg, err
 	}

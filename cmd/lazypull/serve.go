@@ -4,12 +4,11 @@ import (
 	"context"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
-	storagedriver "github.com/lazypull/lazypull/storage_driver"
+	"github.com/lazypull/lazypull/layerstore"
 )
 
 func newServeCommand(g *globalFlags) *cobra.Command {
@@ -25,22 +24,9 @@ serves layers to podman until interrupted. Configuration: /etc/lazypull/config.t
 			if err != nil {
 				return err
 			}
-			log := newLogger(cfg)
-			// Name every missing piece (FUSE device, fusermount3,
-			// user_allow_other, directories) before trying to mount.
-			if err := storagedriver.Preflight(cfg); err != nil {
-				return err
-			}
-			if cfg.Cache.MemoryLimit > 0 {
-				debug.SetMemoryLimit(int64(cfg.Cache.MemoryLimit))
-			}
-			st, err := openStore(cfg, log)
-			if err != nil {
-				return err
-			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return st.Serve(ctx, nil)
+			return layerstore.Run(ctx, cfg, layerstore.RunOptions{Version: version, Log: newLogger(cfg)})
 		},
 	}
 }

@@ -15,8 +15,9 @@ import (
 //
 // Lookup runs once per layer directory: concurrent lookups of the same
 // (ref, layer) pair are merged into one call, and a successful result is
-// kept for the lifetime of the mount (or until Server.Evict). Failures are
-// not remembered: the next lookup calls Lookup again.
+// kept until the directory is evicted (Server.Evict, EvictLayer, EvictIdle)
+// and the kernel has let go of it; then Layer.Release is called. Failures
+// are not remembered: the next lookup calls Lookup again.
 type Resolver interface {
 	// Lookup returns the layer `layer` of the image `ref`, or an error; any
 	// error makes the layer directory not exist (ENOENT), so the host pulls
@@ -46,6 +47,11 @@ type Layer interface {
 	// Content returns the layer's file table and file data. It is called
 	// once, when the layer directory is looked up.
 	Content() (LayerContent, error)
+	// Release is called once when the filesystem no longer serves the
+	// layer through this directory: it was evicted and the kernel forgot
+	// it, or the filesystem was unmounted. Nothing of the Layer is used
+	// afterwards.
+	Release()
 }
 
 // LayerContent is one layer's file table and file data.
@@ -77,6 +83,8 @@ type ContextReaderAt interface {
 const (
 	// DefaultCacheTimeout is the default Options.CacheTimeout.
 	DefaultCacheTimeout = time.Hour
+	// DefaultLayerDirTimeout is the default Options.LayerDirTimeout.
+	DefaultLayerDirTimeout = 5 * time.Second
 	// DefaultMaxRead is the default Options.MaxRead (1 MiB, the most a
 	// Linux kernel sends in one FUSE request).
 	DefaultMaxRead = 1 << 20
@@ -101,6 +109,14 @@ type Options struct {
 	// long a layer dropped with Server.Evict may still be seen.
 	// Default DefaultCacheTimeout.
 	CacheTimeout time.Duration
+	// LayerDirTimeout is how long the kernel may cache the entries of
+	// layer directories (and of ref directories above them) before a path
+	// walk asks the filesystem again; each such lookup counts as use of
+	// the layer directory (see Server.EvictIdle) and lets the Resolver
+	// decide again once the directory was evicted. Open files and overlay
+	// mounts hold their directories regardless. Default
+	// DefaultLayerDirTimeout.
+	LayerDirTimeout time.Duration
 	// OpaqueXattrs lists the xattrs set to "y" on a directory made opaque
 	// by a `.wh..wh..opq` entry. Default DefaultOpaqueXattrs(): what
 	// containers/storage run with the daemon's privileges would write.
@@ -150,6 +166,9 @@ func DefaultOpaqueXattrs() []string {
 func (o Options) withDefaults() Options {
 	if o.CacheTimeout <= 0 {
 		o.CacheTimeout = DefaultCacheTimeout
+	}
+	if o.LayerDirTimeout <= 0 {
+		o.LayerDirTimeout = DefaultLayerDirTimeout
 	}
 	if len(o.OpaqueXattrs) == 0 {
 		o.OpaqueXattrs = DefaultOpaqueXattrs()

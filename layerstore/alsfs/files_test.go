@@ -52,6 +52,7 @@ type synthLayer struct{ content *synthContent }
 func (l synthLayer) Info() ([]byte, error)          { return []byte(`{}`), nil }
 func (l synthLayer) Blob() (io.ReaderAt, int64)     { return bytes.NewReader(nil), 0 }
 func (l synthLayer) Content() (LayerContent, error) { return l.content, nil }
+func (l synthLayer) Release()                       {}
 
 const hugeSize = 5<<30 + 123 // > 4 GiB
 

@@ -15,6 +15,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	digest "github.com/opencontainers/go-digest"
 	"github.com/sirupsen/logrus"
@@ -39,11 +40,13 @@ type filesystem struct {
 	// mu guards the fields below.
 	mu     sync.Mutex
 	closed bool
-	// refs maps an image ref to the inode number of its directory. It
-	// keeps every ref name ever looked up (a few dozen bytes each), so
-	// that a ref directory keeps its inode number.
-	refs    map[string]uint64
+	// refs maps an image ref to the inode number of its directory, while
+	// it has layer directories (a ref directory keeps its number as long).
+	refs map[string]uint64
+	// views are the layer directories served now; evicted ones the kernel
+	// still holds live on in zombies until it forgets them.
 	views   map[viewKey]*layerView
+	zombies map[*layerView]struct{}
 	pending map[viewKey]*resolveCall
 }
 
@@ -78,7 +81,20 @@ type layerView struct {
 	key     viewKey
 	ino     uint64
 	created time.Time
+	layer   Layer
 	*layerData
+
+	// Guarded by filesystem.mu.
+	// kernelRef is set while the kernel holds the layer directory's inode
+	// (from a lookup to the FORGET that drops it).
+	kernelRef bool
+	// evicted is set once the view left filesystem.views.
+	evicted bool
+	// released is set once layer.Release was called.
+	released   bool
+	lastLookup time.Time
+	// inode is the layer directory's node while the kernel holds it.
+	inode *fs.Inode
 }
 
 const (
@@ -99,6 +115,7 @@ func newFilesystem(r Resolver, opts Options) *filesystem {
 		cancel:   cancel,
 		refs:     make(map[string]uint64),
 		views:    make(map[viewKey]*layerView),
+		zombies:  make(map[*layerView]struct{}),
 		pending:  make(map[viewKey]*resolveCall),
 	}
 	f.lastIno.Store(1)
@@ -110,13 +127,32 @@ func (f *filesystem) allocIno(n uint64) uint64 {
 	return f.lastIno.Add(n) - n + 1
 }
 
-// close stops lookups in progress and waits for them.
+// close stops lookups in progress, waits for them, and releases every
+// layer served.
 func (f *filesystem) close() {
 	f.mu.Lock()
 	f.closed = true
 	f.mu.Unlock()
 	f.cancel()
 	f.wg.Wait()
+	f.mu.Lock()
+	var rel []*layerView
+	for k, v := range f.views {
+		delete(f.views, k)
+		v.evicted = true
+		rel = append(rel, v)
+	}
+	for v := range f.zombies {
+		delete(f.zombies, v)
+		rel = append(rel, v)
+	}
+	for _, v := range rel {
+		v.released = true
+	}
+	f.mu.Unlock()
+	for _, v := range rel {
+		v.layer.Release()
+	}
 }
 
 // refIno returns the inode number of the directory of ref.
@@ -138,49 +174,66 @@ func (f *filesystem) refIno(ref string) uint64 {
 // programs that do not retry stat(2) (and Go programs, whose runtime
 // signals its threads, would retry in a loop).
 func (f *filesystem) view(key viewKey) (*layerView, syscall.Errno) {
-	f.mu.Lock()
-	if f.closed {
+	for {
+		f.mu.Lock()
+		if f.closed {
+			f.mu.Unlock()
+			return nil, lookupErrno(ErrClosed)
+		}
+		if v := f.views[key]; v != nil {
+			v.kernelRef, v.lastLookup = true, time.Now()
+			f.mu.Unlock()
+			return v, 0
+		}
+		call := f.pending[key]
+		if call == nil {
+			call = &resolveCall{done: make(chan struct{})}
+			f.pending[key] = call
+			f.wg.Add(1)
+			go f.resolve(key, call)
+		}
 		f.mu.Unlock()
-		return nil, lookupErrno(ErrClosed)
-	}
-	if v := f.views[key]; v != nil {
-		f.mu.Unlock()
-		return v, 0
-	}
-	call := f.pending[key]
-	if call == nil {
-		call = &resolveCall{done: make(chan struct{})}
-		f.pending[key] = call
-		f.wg.Add(1)
-		go f.resolve(key, call)
-	}
-	f.mu.Unlock()
 
-	<-call.done
-	if call.err != nil {
-		return nil, lookupErrno(call.err)
+		<-call.done
+		if call.err != nil {
+			return nil, lookupErrno(call.err)
+		}
+		f.mu.Lock()
+		if v := call.view; !v.evicted {
+			v.kernelRef, v.lastLookup = true, time.Now()
+			f.mu.Unlock()
+			return v, 0
+		}
+		f.mu.Unlock()
+		// Evicted before this lookup got it: resolve it anew.
 	}
-	return call.view, 0
 }
 
 func (f *filesystem) resolve(key viewKey, call *resolveCall) {
 	defer f.wg.Done()
-	data, err := f.load(key)
+	layer, data, err := f.load(key)
 	f.mu.Lock()
 	delete(f.pending, key)
-	if err == nil {
+	closed := f.closed
+	if err == nil && !closed {
 		v := &layerView{
-			key:       key,
-			ino:       f.allocIno(diffInoOffset + uint64(len(data.tree.inodes))),
-			created:   time.Now(),
-			layerData: data,
+			key:        key,
+			ino:        f.allocIno(diffInoOffset + uint64(len(data.tree.inodes))),
+			created:    time.Now(),
+			layer:      layer,
+			layerData:  data,
+			lastLookup: time.Now(),
 		}
 		f.views[key] = v
 		call.view = v
-	} else {
-		call.err = err
+	} else if err == nil {
+		err = ErrClosed
 	}
+	call.err = err
 	f.mu.Unlock()
+	if closed && layer != nil {
+		layer.Release()
+	}
 
 	if err != nil && f.opts.Log != nil {
 		log := f.opts.Log.WithFields(logrus.Fields{"ref": key.ref, "layer": key.digest}).WithError(err)
@@ -194,26 +247,26 @@ func (f *filesystem) resolve(key viewKey, call *resolveCall) {
 }
 
 // load resolves key and checks everything the layer directory serves, so
-// that nothing can fail after the lookup succeeded.
-func (f *filesystem) load(key viewKey) (*layerData, error) {
-	if key.ref == "" {
-		// <mnt>/<digest>: serve a layer already resolved through a ref.
-		f.mu.Lock()
-		for k, v := range f.views {
-			if k.digest == key.digest {
-				f.mu.Unlock()
-				return v.layerData, nil
-			}
-		}
-		f.mu.Unlock()
-	}
+// that nothing can fail after the lookup succeeded. A layer it returns is
+// released by the caller or, once served, when its view is dropped.
+func (f *filesystem) load(key viewKey) (Layer, *layerData, error) {
 	layer, err := f.resolver.Lookup(f.ctx, key.ref, key.digest)
 	if err != nil {
-		return nil, fmt.Errorf("look up layer %s of %q: %w", key.digest, key.ref, err)
+		return nil, nil, fmt.Errorf("look up layer %s of %q: %w", key.digest, key.ref, err)
 	}
 	if layer == nil {
-		return nil, fmt.Errorf("look up layer %s of %q: resolver returned no layer", key.digest, key.ref)
+		return nil, nil, fmt.Errorf("look up layer %s of %q: resolver returned no layer", key.digest, key.ref)
 	}
+	data, err := f.check(key, layer)
+	if err != nil {
+		layer.Release()
+		return nil, nil, err
+	}
+	return layer, data, nil
+}
+
+// check gets what layer serves and checks it.
+func (f *filesystem) check(key viewKey, layer Layer) (*layerData, error) {
 	info, err := layer.Info()
 	if err != nil {
 		return nil, fmt.Errorf("info of layer %s: %w", key.digest, err)
@@ -249,13 +302,83 @@ func checkInfo(info []byte) error {
 	return nil
 }
 
-// evict forgets the view for key; the next lookup resolves it again.
-func (f *filesystem) evict(key viewKey) bool {
+// evict forgets the views whose keys match; the next lookup resolves them
+// again. A view the kernel does not hold is released at once, the others
+// when the kernel forgets them. It returns the keys evicted.
+func (f *filesystem) evict(match func(*layerView) bool) []viewKey {
+	f.mu.Lock()
+	var keys []viewKey
+	var rel []*layerView
+	for k, v := range f.views {
+		if !match(v) {
+			continue
+		}
+		delete(f.views, k)
+		keys = append(keys, k)
+		v.evicted = true
+		if v.kernelRef {
+			f.zombies[v] = struct{}{}
+		} else {
+			v.released = true
+			rel = append(rel, v)
+		}
+	}
+	f.dropRefsLocked()
+	f.mu.Unlock()
+	for _, v := range rel {
+		v.layer.Release()
+	}
+	return keys
+}
+
+// setInode records the node of view v's directory.
+func (f *filesystem) setInode(v *layerView, in *fs.Inode) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	_, ok := f.views[key]
-	delete(f.views, key)
-	return ok
+	v.inode = in
+}
+
+// zombieInodes returns the directory nodes of evicted views the kernel
+// still holds.
+func (f *filesystem) zombieInodes() []*fs.Inode {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []*fs.Inode
+	for v := range f.zombies {
+		if v.inode != nil {
+			out = append(out, v.inode)
+		}
+	}
+	return out
+}
+
+// forget is the kernel dropping its last reference to view v's directory.
+func (f *filesystem) forget(v *layerView) {
+	f.mu.Lock()
+	v.kernelRef = false
+	v.inode = nil
+	release := v.evicted && !v.released
+	if release {
+		v.released = true
+		delete(f.zombies, v)
+	}
+	f.mu.Unlock()
+	if release {
+		v.layer.Release()
+	}
+}
+
+// dropRefsLocked forgets the ref directories without layer directories.
+func (f *filesystem) dropRefsLocked() {
+	used := make(map[string]bool, len(f.views))
+	for k := range f.views {
+		used[k.ref] = true
+	}
+	for ref := range f.refs {
+		if !used[ref] {
+			delete(f.refs, ref)
+		}
+	}
 }
 
 // rootEntries lists the root directory: ref directories and layer

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -135,20 +136,60 @@ func (s *Server) Wait() {
 
 // Evict forgets the layer directory of (ref, layer) and tells the kernel
 // to drop its cached entry, so that the next lookup asks the Resolver
-// again. Files already open keep working. It reports whether the layer
-// was known.
+// again. Files already open keep working; the Layer is released once the
+// kernel has let go of the directory. It reports whether the layer was
+// known. The Evict methods must not be called from inside a Resolver or
+// LayerContent call (a FUSE request in flight).
 func (s *Server) Evict(ref string, layer digest.Digest) bool {
-	if !s.fs.evict(viewKey{ref, layer}) {
-		return false
+	return len(s.evict(func(v *layerView) bool { return v.key == viewKey{ref, layer} })) > 0
+}
+
+// EvictLayer does what Evict does for every layer directory of layer (under
+// every ref); it returns how many there were.
+func (s *Server) EvictLayer(layer digest.Digest) int {
+	return len(s.evict(func(v *layerView) bool { return v.key.digest == layer }))
+}
+
+// EvictIdle does what Evict does for every layer directory not looked up
+// for idle (see Options.LayerDirTimeout); it returns how many there were.
+// Every Evict call also asks the kernel again to forget what was evicted
+// before and is no longer in use.
+func (s *Server) EvictIdle(idle time.Duration) int {
+	cutoff := time.Now().Add(-idle)
+	return len(s.evict(func(v *layerView) bool { return v.lastLookup.Before(cutoff) }))
+}
+
+func (s *Server) evict(match func(*layerView) bool) []viewKey {
+	keys := s.fs.evict(match)
+	// Evicted directories the kernel still holds: ask it to drop every
+	// entry below them it has cached, so that it forgets them as soon as
+	// nothing uses them (a container still running on one keeps what it
+	// uses, and it keeps working).
+	for _, in := range s.fs.zombieInodes() {
+		dropEntries(in)
 	}
-	parent := &s.root.Inode
-	if ref != "" {
-		if parent = parent.GetChild(encodeRef(ref)); parent == nil {
-			return true
+	for _, k := range keys {
+		parent := &s.root.Inode
+		if k.ref != "" {
+			if parent = parent.GetChild(encodeRef(k.ref)); parent == nil {
+				continue
+			}
 		}
+		parent.NotifyEntry(k.digest.String()) // ENOENT when the kernel had no entry
 	}
-	parent.NotifyEntry(layer.String()) // ENOENT when the kernel had no entry
-	return true
+	return keys
+}
+
+// dropEntries asks the kernel to drop the cached entries below directory
+// in, deepest first (an entry in use is only unhashed; it keeps working).
+// It must not run inside a FUSE request handler.
+func dropEntries(in *fs.Inode) {
+	for name, child := range in.Children() {
+		if child.IsDir() {
+			dropEntries(child)
+		}
+		in.NotifyEntry(name)
+	}
 }
 
 // CleanStaleMount unmounts (lazily) a mount at mountpoint whose FUSE

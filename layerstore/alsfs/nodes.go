@@ -52,6 +52,7 @@ func (n *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	}
 	ino := n.f.refIno(ref)
 	dirAttr(ino, 2, n.f.created.Unix(), &out.Attr)
+	out.SetEntryTimeout(n.f.opts.LayerDirTimeout)
 	return n.NewInode(ctx, &refDir{f: n.f, ref: ref, ino: ino}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino}), 0
 }
 
@@ -127,7 +128,10 @@ func (f *filesystem) lookupLayer(ctx context.Context, parent *fs.Inode, key view
 		return nil, errno
 	}
 	dirAttr(v.ino, 3, v.created.Unix(), &out.Attr)
-	return parent.NewInode(ctx, &layerDir{f: f, v: v}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: v.ino}), 0
+	out.SetEntryTimeout(f.opts.LayerDirTimeout)
+	in := parent.NewInode(ctx, &layerDir{f: f, v: v}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: v.ino})
+	f.setInode(v, in)
+	return in, 0
 }
 
 // rmdirLayer is the host releasing a layer: the store counts it and
@@ -164,7 +168,12 @@ var (
 	_ fs.NodeOpendirHandler = (*layerDir)(nil)
 	_ fs.NodeCreater        = (*layerDir)(nil)
 	_ fs.NodeAccesser       = (*layerDir)(nil)
+	_ fs.NodeOnForgetter    = (*layerDir)(nil)
 )
+
+// OnForget is the kernel letting go of the layer directory (and, as go-fuse
+// keeps parents of live nodes, of every node below it).
+func (n *layerDir) OnForget() { n.f.forget(n.v) }
 
 // Names in a layer directory.
 const (

@@ -400,25 +400,25 @@ func TestNodeRefusedLayers(t *testing.T) {
 	}
 }
 
-// TestNodeWithoutRef covers <mnt>/<digest>: a digest seen through a ref is
-// served without asking the resolver, others are asked for with ref "".
+// TestNodeWithoutRef covers <mnt>/<digest>: the resolver is asked with ref
+// "" (it answers for layers it serves already), and the directory is a
+// view of its own.
 func TestNodeWithoutRef(t *testing.T) {
 	seen, unseen := layerDigest("seen"), layerDigest("unseen")
 	r := newTestResolver()
 	r.add(testRef, seen, simpleLayer(t))
-	r.add("", unseen, simpleLayer(t))
+	r.add("", seen, simpleLayer(t))
 	fsys := newRawFS(t, r, Options{})
 	viaRef := fsys.walk(encodeRef(testRef) + "/" + seen.String() + "/diff/etc/hostname")
 	direct := fsys.walk(seen.String() + "/diff/etc/hostname")
-	if lookups, _, _ := r.counts("", seen); lookups != 0 {
-		t.Errorf(`Resolver.Lookup("", seen) called %d times, want 0`, lookups)
+	if lookups, _, _ := r.counts("", seen); lookups != 1 {
+		t.Errorf(`Resolver.Lookup("", seen) called %d times, want 1`, lookups)
 	}
 	if viaRef == direct {
 		t.Errorf("a file seen through two layer directories has one node %d, want one per directory", direct)
 	}
-	fsys.walk(unseen.String() + "/diff/etc")
-	if lookups, _, _ := r.counts("", unseen); lookups != 1 {
-		t.Errorf(`Resolver.Lookup("", unseen) called %d times, want 1`, lookups)
+	if _, st := fsys.lookup(fuse.FUSE_ROOT_ID, unseen.String()); st != fuse.ENOENT {
+		t.Errorf("lookup of a layer the resolver does not know without a ref = %v, want ENOENT", st)
 	}
 }
 

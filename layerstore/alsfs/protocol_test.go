@@ -355,6 +355,19 @@ func TestServerLifecycle(t *testing.T) {
 	if n, err := f.ReadAt(buf, 0); string(buf[:n]) != "box\n" {
 		t.Errorf("read of a file opened before Evict = %q, %v", buf[:n], err)
 	}
+	// The evicted layer is released only once the kernel lets go of it:
+	// not while a file of it is open.
+	if n := r.layerReleases(testRef, d); n != 0 {
+		t.Errorf("layer released %d times while a file of it is open, want 0", n)
+	}
+	f2, err := os.Open(file) // through the new view
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	s.EvictIdle(time.Hour) // evicts nothing, asks the kernel to drop what it no longer uses
+	waitUntil(t, "the evicted layer released after its last file closed", func() bool { return r.layerReleases(testRef, d) == 1 })
+	f = f2
 
 	// A busy mount does not unmount.
 	if err := s.Unmount(); err == nil || !strings.Contains(strings.ToLower(err.Error()), "busy") {
@@ -378,5 +391,61 @@ func TestServerLifecycle(t *testing.T) {
 	}
 	if mounted, err := isMountPoint(mnt); mounted || err != nil {
 		t.Errorf("after umount: mounted %v, %v", mounted, err)
+	}
+	if n := r.layerReleases(testRef, d); n != 2 {
+		t.Errorf("layer released %d times after unmount, want 2 (both views)", n)
+	}
+}
+
+// TestEvictLayerAndIdle: EvictLayer drops a layer's directories under
+// every ref; EvictIdle those not looked up for a while; both release the
+// layers nobody holds.
+func TestEvictLayerAndIdle(t *testing.T) {
+	canMount(t)
+	a, b := layerDigest("a"), layerDigest("b")
+	r := newTestResolver()
+	for _, ref := range []string{testRef, "example.com/other:1"} {
+		r.add(ref, a, simpleLayer(t))
+		r.add(ref, b, simpleLayer(t))
+	}
+	s, mnt := mountTest(t, r, Options{LayerDirTimeout: time.Millisecond})
+	stat := func(ref string, d digest.Digest) {
+		t.Helper()
+		if _, err := os.Stat(filepath.Join(mnt, encodeRef(ref), d.String(), "diff/etc/hostname")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, ref := range []string{testRef, "example.com/other:1"} {
+		stat(ref, a)
+		stat(ref, b)
+	}
+	if n := s.EvictLayer(a); n != 2 {
+		t.Errorf("EvictLayer = %d, want 2 (one per ref)", n)
+	}
+	waitUntil(t, "layer a released under both refs", func() bool {
+		return r.layerReleases(testRef, a) == 1 && r.layerReleases("example.com/other:1", a) == 1
+	})
+	if r.layerReleases(testRef, b) != 0 {
+		t.Error("EvictLayer(a) released b")
+	}
+	time.Sleep(20 * time.Millisecond)
+	stat(testRef, b) // looked up again: stays
+	if n := s.EvictIdle(10 * time.Millisecond); n != 1 {
+		t.Errorf("EvictIdle = %d, want 1 (b under the other ref)", n)
+	}
+	waitUntil(t, "idle view released", func() bool { return r.layerReleases("example.com/other:1", b) == 1 })
+	if r.layerReleases(testRef, b) != 0 {
+		t.Error("EvictIdle released a view looked up just now")
+	}
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

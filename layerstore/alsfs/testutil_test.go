@@ -146,6 +146,7 @@ type testLayer struct {
 func (l *testLayer) Info() ([]byte, error)          { return l.info, nil }
 func (l *testLayer) Blob() (io.ReaderAt, int64)     { return bytes.NewReader(l.blob), int64(len(l.blob)) }
 func (l *testLayer) Content() (LayerContent, error) { return l.content, nil }
+func (l *testLayer) Release()                       {}
 
 func newTestLayer(t testing.TB, entries []tarEntry) *testLayer {
 	data := writeTar(t, entries)
@@ -167,6 +168,29 @@ type testResolver struct {
 	gate chan struct{}
 	// fail makes Lookup of a key fail while set.
 	fail map[viewKey]error
+	// dropped counts Layer.Release calls, by key.
+	dropped map[viewKey]int
+}
+
+// countedLayer counts the filesystem's Release of a looked up layer.
+type countedLayer struct {
+	Layer
+	r   *testResolver
+	key viewKey
+}
+
+func (l *countedLayer) Release() {
+	l.r.mu.Lock()
+	defer l.r.mu.Unlock()
+	l.r.dropped[l.key]++
+}
+
+// layerReleases returns how often layers looked up under (ref, d) were
+// released by the filesystem.
+func (r *testResolver) layerReleases(ref string, d digest.Digest) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.dropped[viewKey{ref, d}]
 }
 
 var _ Resolver = (*testResolver)(nil)
@@ -174,7 +198,7 @@ var _ Resolver = (*testResolver)(nil)
 func newTestResolver() *testResolver {
 	return &testResolver{
 		layers: map[viewKey]Layer{}, lookups: map[viewKey]int{}, uses: map[viewKey]int{},
-		releases: map[viewKey]int{}, fail: map[viewKey]error{},
+		releases: map[viewKey]int{}, fail: map[viewKey]error{}, dropped: map[viewKey]int{},
 	}
 }
 
@@ -216,7 +240,7 @@ func (r *testResolver) Lookup(ctx context.Context, ref string, d digest.Digest) 
 	if !ok {
 		return nil, fmt.Errorf("layer %s of %q: %w", d, ref, os.ErrNotExist)
 	}
-	return l, nil
+	return &countedLayer{Layer: l, r: r, key: key}, nil
 }
 
 func (r *testResolver) Use(ref string, d digest.Digest) {

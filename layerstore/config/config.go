@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/containers/storage/pkg/unshare"
 )
 
 // DefaultPath is where `lazypull serve` looks for its configuration file.
@@ -61,7 +63,9 @@ type Config struct {
 	Registry  RegistryConfig  `toml:"registry"`
 	Index     IndexConfig     `toml:"index"`
 	Cache     CacheConfig     `toml:"cache"`
+	Fetch     FetchConfig     `toml:"fetch"`
 	Prefetch  PrefetchConfig  `toml:"prefetch"`
+	Verify    VerifyConfig    `toml:"verification"`
 	Artifacts ArtifactsConfig `toml:"artifacts"`
 	FUSE      FUSEConfig      `toml:"fuse"`
 }
@@ -108,21 +112,29 @@ type IndexConfig struct {
 
 // CacheConfig sizes the on-disk caches under root_dir.
 type CacheConfig struct {
-	// SpanCacheSize caps the compressed span cache: bytes ("50GiB") or a share
-	// of the file system holding root_dir ("20%"). Spans of layers in use are
-	// never evicted. Default "20%".
+	// SpanCacheSize caps the span cache (spans compressed, and inflated once
+	// read): bytes ("50GiB") or a share of the file system holding root_dir
+	// ("20%"). Spans of layers in use are never evicted. Default "20%".
 	SpanCacheSize CacheSize `toml:"span_cache_size"`
 	// ArtifactCacheSize caps the local artifact store (zTOCs, SOCI indexes).
 	// Default "2%".
 	ArtifactCacheSize CacheSize `toml:"artifact_cache_size"`
-	// MemorySpans is the number of inflated spans kept in memory per daemon,
-	// so sequential reads inflate each span once (the kernel's page cache
-	// keeps what was read). Default 8.
-	MemorySpans int `toml:"memory_spans"`
 	// MemoryLimit is a soft limit of the daemon's Go heap: the garbage
 	// collector works harder near it, keeping the daemon small on busy
 	// machines. "0" means no limit. Default "128MiB".
 	MemoryLimit ByteSize `toml:"memory_limit"`
+}
+
+// FetchConfig controls range requests to registries, all priorities: a
+// container's reads first, then read-ahead, prefetch and verification.
+type FetchConfig struct {
+	// Concurrency is the number of range requests in flight at once, over
+	// all layers; a container's read takes the slot of a background fetch
+	// when none is free. Default 16.
+	Concurrency int `toml:"concurrency"`
+	// ReadAhead is how much compressed data is fetched ahead of a reader
+	// going through a layer in order ("0" disables it). Default "8MiB".
+	ReadAhead ByteSize `toml:"read_ahead"`
 }
 
 // PrefetchConfig controls the background fetch of whole layers.
@@ -130,8 +142,9 @@ type PrefetchConfig struct {
 	// Enabled starts a background fetch of every span of a layer once it is
 	// mounted. Default true.
 	Enabled bool `toml:"enabled"`
-	// Concurrency is the number of range requests in flight for prefetching,
-	// over all layers. Default 4.
+	// Concurrency is the number of range requests in flight for prefetching
+	// and verification, over all layers (within fetch.concurrency); they run
+	// only while no container waits for a read. Default 4.
 	Concurrency int `toml:"concurrency"`
 	// BatchSize is the amount of compressed data asked for in one range
 	// request. Default "16MiB".
@@ -139,6 +152,16 @@ type PrefetchConfig struct {
 	// Bandwidth caps prefetch traffic in bytes per second ("100MiB"); 0 means
 	// no cap. Default "0".
 	Bandwidth ByteSize `toml:"bandwidth"`
+}
+
+// VerifyConfig controls whole-layer verification.
+type VerifyConfig struct {
+	// Enabled verifies every lazily served layer as a whole in the
+	// background: blob digest, DiffID and every tar header against the
+	// index, fetching (in order, at the lowest priority, within the
+	// prefetch budget) what was not read or prefetched. Spans are verified
+	// when fetched either way. Default true.
+	Enabled bool `toml:"enabled"`
 }
 
 // ArtifactsConfig controls where zTOCs and SOCI indexes are kept and shared.
@@ -196,13 +219,19 @@ func DefaultFor(root bool) Config {
 		Cache: CacheConfig{
 			SpanCacheSize:     CacheSize{Percent: 20},
 			ArtifactCacheSize: CacheSize{Percent: 2},
-			MemorySpans:       8,
 			MemoryLimit:       128 << 20,
+		},
+		Fetch: FetchConfig{
+			Concurrency: 16,
+			ReadAhead:   8 << 20,
 		},
 		Prefetch: PrefetchConfig{
 			Enabled:     true,
 			Concurrency: 4,
 			BatchSize:   16 << 20,
+		},
+		Verify: VerifyConfig{
+			Enabled: true,
 		},
 		FUSE: FUSEConfig{
 			AllowOther:  true,
@@ -225,22 +254,65 @@ func userDefaults() (root, mnt string) {
 	return root, filepath.Join(run, "lazypull", "store")
 }
 
-// Load reads the configuration file at path over the defaults. A missing file
-// at DefaultPath is not an error (the embedded defaults apply); a missing file
-// named explicitly is. Unknown keys are errors.
-func Load(path string, explicit bool) (Config, error) {
-	cfg := Default()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) && !explicit {
-			return cfg, cfg.Validate()
+// Load reads the configuration the way every lazypull process does (the
+// daemon, `lazypull pull/index/status`, the storage plugin inside podman),
+// with the defaults of the user the process acts for: rootless podman runs
+// its storage code as uid 0 of a user namespace, where the system defaults
+// (/var/lib/lazypull) would be wrong. path "" means, for an unprivileged
+// user, $XDG_CONFIG_HOME/lazypull/config.toml when it exists, and otherwise
+// (and for root) DefaultPath when it exists; without a file the defaults
+// apply. A file named explicitly must exist. Unknown keys are errors.
+func Load(path string) (Config, error) {
+	rootless := unshare.IsRootless()
+	cfg := DefaultFor(!rootless)
+	if rootless && os.Geteuid() == 0 {
+		// Inside the user namespace: the per-user paths must not fall back to
+		// /run/user/0.
+		fixUserPaths(&cfg)
+	}
+	explicit := path != ""
+	if !explicit {
+		path = DefaultPathFor(rootless)
+		if _, err := os.Stat(path); rootless && errors.Is(err, os.ErrNotExist) {
+			path = DefaultPath // what `lazypull serve` reads by default
 		}
-		return cfg, fmt.Errorf("config: %w", err)
+	}
+	data, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist) && !explicit:
+		return cfg, cfg.Validate()
+	case err != nil:
+		return cfg, fmt.Errorf("lazypull config: %w", err)
 	}
 	if err := Parse(data, &cfg); err != nil {
-		return cfg, fmt.Errorf("config %s: %w", path, err)
+		return cfg, fmt.Errorf("lazypull config %s: %w", path, err)
 	}
 	return cfg, cfg.Validate()
+}
+
+// DefaultPathFor is the configuration file read when none is named:
+// DefaultPath for root, $XDG_CONFIG_HOME/lazypull/config.toml
+// (~/.config/lazypull/config.toml) for other users.
+func DefaultPathFor(rootless bool) string {
+	if !rootless {
+		return DefaultPath
+	}
+	dir := os.Getenv("XDG_CONFIG_HOME")
+	if dir == "" {
+		home, _ := os.UserHomeDir()
+		dir = filepath.Join(home, ".config")
+	}
+	return filepath.Join(dir, "lazypull", "config.toml")
+}
+
+// fixUserPaths replaces a mount point under /run/user/0 (what the defaults
+// give inside a user namespace without XDG_RUNTIME_DIR) with the user's.
+func fixUserPaths(cfg *Config) {
+	if os.Getenv("XDG_RUNTIME_DIR") != "" {
+		return
+	}
+	uid := strconv.Itoa(unshare.GetRootlessUID())
+	cfg.MountPoint = filepath.Join("/run/user", uid, "lazypull", "store")
 }
 
 // Parse decodes TOML data over cfg. Keys that cfg does not know are errors.
@@ -298,11 +370,14 @@ func (c *Config) Validate() error {
 	if c.Index.Parallel < 1 || c.Index.Parallel > 64 {
 		bad("index.parallel must be within 1..64, got %d", c.Index.Parallel)
 	}
-	if c.Cache.MemorySpans < 1 || c.Cache.MemorySpans > 4096 {
-		bad("cache.memory_spans must be within 1..4096, got %d", c.Cache.MemorySpans)
+	if c.Cache.MemoryLimit != 0 && c.Cache.MemoryLimit < 32<<20 {
+		bad("cache.memory_limit must be at least 32MiB, or 0, got %s", c.Cache.MemoryLimit)
 	}
-	if c.Cache.MemoryLimit != 0 && c.Cache.MemoryLimit < ByteSize(c.Cache.MemorySpans)*c.Index.SpanSize*2 {
-		bad("cache.memory_limit (%s) must be at least twice memory_spans * span_size, or 0", c.Cache.MemoryLimit)
+	if c.Fetch.Concurrency < 1 || c.Fetch.Concurrency > 256 {
+		bad("fetch.concurrency must be within 1..256, got %d", c.Fetch.Concurrency)
+	}
+	if c.Fetch.ReadAhead < 0 || c.Fetch.ReadAhead > 1<<30 {
+		bad("fetch.read_ahead must be within 0..1GiB, got %s", c.Fetch.ReadAhead)
 	}
 	if c.Prefetch.Concurrency < 1 || c.Prefetch.Concurrency > 64 {
 		bad("prefetch.concurrency must be within 1..64, got %d", c.Prefetch.Concurrency)

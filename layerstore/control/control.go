@@ -82,7 +82,8 @@ type LayerStatus struct {
 	Spans          int      `json:"spans"`
 	SpansCached    int      `json:"spans_cached"`
 	BytesFetched   int64    `json:"bytes_fetched"`
-	InUse          int      `json:"in_use"`
+	InUse          int      `json:"in_use"`   // references held by the host (ALS use/release)
+	Views          int      `json:"views"`    // layer directories the FUSE tree serves it through
 	Prefetch       string   `json:"prefetch"` // "off", "waiting", "running", "done", "failed: ..."
 	Verified       bool     `json:"verified"`
 	Bad            string   `json:"bad,omitempty"` // why the layer was marked bad

@@ -528,3 +528,41 @@ func (c *Cache) Stats() Stats {
 	s.Entries, s.Bytes, s.MaxBytes = len(c.entries), c.size, c.max
 	return s
 }
+
+// RenameGroup moves every entry of group from to group to (which is
+// removed first if it has entries), e.g. spans cached while their layout
+// was being built under a temporary name. Pins stay with the names.
+func (c *Cache) RenameGroup(from, to string) error {
+	if !validPart(from) || !validPart(to) {
+		return fmt.Errorf("%w: group %q or %q", ErrInvalidKey, from, to)
+	}
+	if from == to {
+		return nil
+	}
+	if err := c.RemoveGroup(to); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := os.Rename(filepath.Join(c.dir, from), filepath.Join(c.dir, to)); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // nothing cached under from
+		}
+		return fmt.Errorf("diskcache: rename group %s: %w", from, err)
+	}
+	var moved []*entry
+	for el := c.lru.Front(); el != nil; {
+		next := el.Next()
+		if e := el.Value.(*entry); e.key.Group == from {
+			c.removeLocked(el)
+			moved = append(moved, e)
+		}
+		el = next
+	}
+	for i := len(moved) - 1; i >= 0; i-- { // keep their order, most recent first
+		e := moved[i]
+		e.key.Group = to
+		c.addLocked(e, true)
+	}
+	return nil
+}

@@ -302,3 +302,31 @@ func TestWriteFile(t *testing.T) {
 		t.Errorf("after RemoveTemporaries: %v", ents)
 	}
 }
+
+func TestRenameGroup(t *testing.T) {
+	dir := t.TempDir()
+	c := mustOpen(t, dir, 0)
+	c.Put(k("tmp", "a"), data(10, 'a'))
+	c.Put(k("tmp", "b"), data(20, 'b'))
+	c.Put(k("final", "old"), data(5, 'o'))
+	if err := c.RenameGroup("tmp", "final"); err != nil {
+		t.Fatal(err)
+	}
+	if n, b := c.GroupUsage("final"); n != 2 || b != 30 {
+		t.Errorf("final group: %d entries, %d bytes; want 2, 30 (the old entry replaced)", n, b)
+	}
+	if n, _ := c.GroupUsage("tmp"); n != 0 {
+		t.Errorf("tmp group still has %d entries", n)
+	}
+	got, err := c.ReadFile(k("final", "b"))
+	if err != nil || !bytes.Equal(got, data(20, 'b')) {
+		t.Errorf("moved entry: %q, %v", got, err)
+	}
+	c2 := mustOpen(t, dir, 0)
+	if s := c2.Stats(); s.Entries != 2 || s.Bytes != 30 {
+		t.Errorf("after reopen: %+v", s)
+	}
+	if err := c.RenameGroup("nothing", "final2"); err != nil {
+		t.Errorf("RenameGroup of an empty group = %v", err)
+	}
+}

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -108,21 +110,41 @@ type span struct {
 	comp []byte     // fetched, verified, being committed
 	unc  []byte     // inflated, being committed
 	hot  bool       // read on demand
+	// uncChecked is set once the inflated span on disk was checked
+	// against its digest (by this Manager).
+	uncChecked bool
 }
 
-// job fetches a run of adjacent spans with one range request.
+// job fetches runs of adjacent spans with one request (one range per run).
 type job struct {
-	first, last int
-	ticket      *Ticket
-	done        chan struct{}
-	// Set before done is closed: per span of the run, its verified
-	// compressed bytes, or an error.
+	runs   []run
+	first  int // the first span of the first run
+	ticket *Ticket
+	done   chan struct{}
+	// committed is closed once the job's spans were written to disk (or
+	// found no room there).
+	committed chan struct{}
+	// Set before done is closed: per span from first to the end of the
+	// last run, its verified compressed bytes, or an error (spans between
+	// runs are not the job's).
 	data [][]byte
 	errs []error
 }
 
-// err returns the outcome of span id of the run.
+// run is spans a..b.
+type run struct{ a, b int }
+
+// err returns the outcome of span id of the job.
 func (j *job) err(id int) error { return j.errs[id-j.first] }
+
+// ids calls fn for every span of the job.
+func (j *job) ids(fn func(id int)) {
+	for _, r := range j.runs {
+		for id := r.a; id <= r.b; id++ {
+			fn(id)
+		}
+	}
+}
 
 // inflation inflates one span.
 type inflation struct {
@@ -223,6 +245,28 @@ func (m *Manager) Hot(id int) bool {
 	return m.spans[id].hot
 }
 
+// dropIfBad removes k again when the layer went bad while k was being
+// written (whoever dropped the layer's spans may have been first).
+func (m *Manager) dropIfBad(k diskcache.Key) {
+	if m.bad.Load() != nil {
+		_ = m.o.Cache.Remove(k)
+	}
+}
+
+// Idle reports whether nothing is in flight: no fetch, no inflation, no
+// bytes waiting to be written to disk.
+func (m *Manager) Idle() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i := range m.spans {
+		sp := &m.spans[i]
+		if sp.job != nil || sp.inf != nil || sp.comp != nil || sp.unc != nil {
+			return false
+		}
+	}
+	return true
+}
+
 // Counts returns how many spans are here and how many are being fetched.
 func (m *Manager) Counts() (present, fetching int) {
 	m.mu.Lock()
@@ -238,10 +282,22 @@ func (m *Manager) Counts() (present, fetching int) {
 }
 
 // ReadAt reads the layer's uncompressed stream at off for a container
-// (Demand priority), fetching and inflating the spans it needs. It returns
-// io.EOF with a short count at the end of the stream. Canceling ctx ends
-// only this read's wait.
+// (Demand priority), fetching and inflating the spans it needs; the spans
+// count as read (prefetch starts next to them), and a reader going through
+// the layer in order gets the next spans read ahead. It returns io.EOF with
+// a short count at the end of the stream. Canceling ctx ends only this
+// read's wait.
 func (m *Manager) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	return m.readAt(ctx, p, off, true)
+}
+
+// Peek is ReadAt for the store's own checks (a tar header before a file's
+// data): it neither marks spans read nor reads ahead.
+func (m *Manager) Peek(ctx context.Context, p []byte, off int64) (int, error) {
+	return m.readAt(ctx, p, off, false)
+}
+
+func (m *Manager) readAt(ctx context.Context, p []byte, off int64, hint bool) (int, error) {
 	if err := m.badErr(); err != nil {
 		return 0, err
 	}
@@ -253,7 +309,7 @@ func (m *Manager) ReadAt(ctx context.Context, p []byte, off int64) (int, error) 
 	}
 	end := min(off+int64(len(p)), m.size)
 	first, last := m.o.Layout.SpanOf(off), m.o.Layout.SpanOf(end-1)
-	sequential := m.markHot(first, last)
+	sequential := hint && m.markHot(first, last)
 	if err := m.ensure(ctx, first, last, Demand); err != nil {
 		return 0, err
 	}
@@ -318,14 +374,29 @@ func (m *Manager) ensure(ctx context.Context, first, last int, p Priority) error
 			case <-ctx.Done():
 				return ctx.Err()
 			}
-			for id := max(first, j.first); id <= min(last, j.last); id++ {
-				err := j.err(id)
-				switch {
+			var firstErr error
+			j.ids(func(id int) {
+				if id < first || id > last || firstErr != nil {
+					return
+				}
+				switch err := j.err(id); {
 				case err == nil:
 				case errors.Is(err, ErrPreempted) && !p.background():
 					retry = true
 				default:
-					return err
+					firstErr = err
+				}
+			})
+			if firstErr != nil {
+				return firstErr
+			}
+			if p.background() {
+				// Background clients look at what is on disk next: wait
+				// until the spans are there (or found no room).
+				select {
+				case <-j.committed:
+				case <-ctx.Done():
+					return ctx.Err()
 				}
 			}
 		}
@@ -335,8 +406,9 @@ func (m *Manager) ensure(ctx context.Context, first, last int, p Priority) error
 	}
 }
 
-// claim starts jobs for the missing spans of first..last at priority p and
-// returns every job covering a span of the range.
+// claim starts one job for the missing spans of first..last at priority p
+// (one range per run of adjacent missing spans) and returns every job
+// covering a span of the range.
 func (m *Manager) claim(first, last int, p Priority) ([]*job, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -344,10 +416,11 @@ func (m *Manager) claim(first, last int, p Priority) ([]*job, error) {
 		return nil, fmt.Errorf("spans: %w", context.Canceled)
 	}
 	var jobs []*job
+	var runs []run
 	runStart := -1
 	flush := func(end int) {
 		if runStart >= 0 {
-			jobs = append(jobs, m.startJobLocked(runStart, end, p))
+			runs = append(runs, run{runStart, end})
 			runStart = -1
 		}
 	}
@@ -357,7 +430,7 @@ func (m *Manager) claim(first, last int, p Priority) ([]*job, error) {
 		case sp.job != nil:
 			flush(id - 1)
 			sp.job.ticket.Raise(p)
-			if len(jobs) == 0 || jobs[len(jobs)-1] != sp.job {
+			if !slices.Contains(jobs, sp.job) {
 				jobs = append(jobs, sp.job)
 			}
 		case m.presentLocked(id):
@@ -369,33 +442,42 @@ func (m *Manager) claim(first, last int, p Priority) ([]*job, error) {
 		}
 	}
 	flush(last)
+	if len(runs) > 0 {
+		jobs = append(jobs, m.startJobLocked(runs, p))
+	}
 	return jobs, nil
 }
 
-// startJobLocked claims first..last (missing -> fetching) and starts their
-// fetch.
-func (m *Manager) startJobLocked(first, last int, p Priority) *job {
-	for id := first; id <= last; id++ {
-		if m.spans[id].job != nil || m.presentLocked(id) {
-			panic(fmt.Sprintf("spans: claim of span %d, which is not missing", id))
+// startJobLocked claims the spans of runs (missing -> fetching) and starts
+// their fetch.
+func (m *Manager) startJobLocked(runs []run, p Priority) *job {
+	for _, r := range runs {
+		for id := r.a; id <= r.b; id++ {
+			if m.spans[id].job != nil || m.presentLocked(id) {
+				panic(fmt.Sprintf("spans: claim of span %d, which is not missing", id))
+			}
 		}
 	}
-	return m.newJobLocked(first, last, p)
+	return m.newJobLocked(runs, p)
 }
 
-// newJobLocked starts the fetch of first..last, none of which is being
-// fetched.
-func (m *Manager) newJobLocked(first, last int, p Priority) *job {
-	c0, _ := m.o.Layout.CompressedRange(first)
-	_, c1 := m.o.Layout.CompressedRange(last)
-	j := &job{first: first, last: last, done: make(chan struct{})}
-	j.ticket = m.o.Scheduler.Ticket(m.ctx, p, c1-c0)
-	for id := first; id <= last; id++ {
+// newJobLocked starts the fetch of runs (sorted, disjoint), none of whose
+// spans is being fetched.
+func (m *Manager) newJobLocked(runs []run, p Priority) *job {
+	j := &job{runs: runs, first: runs[0].a, done: make(chan struct{}), committed: make(chan struct{})}
+	var size int64
+	for _, r := range runs {
+		c0, _ := m.o.Layout.CompressedRange(r.a)
+		_, c1 := m.o.Layout.CompressedRange(r.b)
+		size += c1 - c0
+	}
+	j.ticket = m.o.Scheduler.Ticket(m.ctx, p, size)
+	j.ids(func(id int) {
 		if m.spans[id].job != nil {
 			panic(fmt.Sprintf("spans: span %d claimed twice", id))
 		}
 		m.spans[id].job = j
-	}
+	})
 	m.wg.Add(1)
 	go m.run(j)
 	return j
@@ -413,6 +495,7 @@ func (m *Manager) readAhead(id int) {
 	if m.closed {
 		return
 	}
+	var runs []run
 	runStart := -1
 	size := int64(0)
 	end := id
@@ -424,39 +507,41 @@ func (m *Manager) readAhead(id int) {
 		case missing && runStart < 0:
 			runStart = end
 		case !missing && runStart >= 0:
-			m.startJobLocked(runStart, end-1, ReadAhead)
+			runs = append(runs, run{runStart, end - 1})
 			runStart = -1
 		}
 	}
 	if runStart >= 0 {
-		m.startJobLocked(runStart, end-1, ReadAhead)
+		runs = append(runs, run{runStart, end - 1})
+	}
+	if len(runs) > 0 {
+		m.startJobLocked(runs, ReadAhead)
 	}
 }
 
-// run fetches a job's spans (one range request), verifies them (a span
-// that does not match is fetched once more on its own; a second mismatch
-// makes the layer bad), lands them, and commits them to disk.
+// run fetches a job's spans (one request), verifies them (a span that does
+// not match is fetched once more on its own; a second mismatch makes the
+// layer bad), lands them, and commits them to disk.
 func (m *Manager) run(j *job) {
 	defer m.wg.Done()
-	n := j.last - j.first + 1
-	j.data, j.errs = make([][]byte, n), make([]error, n)
+	defer close(j.committed)
+	last := j.runs[len(j.runs)-1].b
+	j.data, j.errs = make([][]byte, last-j.first+1), make([]error, last-j.first+1)
 	err := func() (err error) {
 		defer recoverTo(&err)
 		if err := j.ticket.Wait(m.ctx); err != nil {
 			return err
 		}
-		return m.fetchRun(j)
+		return m.fetchRuns(j)
 	}()
 	j.ticket.Done()
 	if err != nil {
-		for i := range j.errs {
-			j.errs[i] = err
-		}
+		j.ids(func(id int) { j.errs[id-j.first] = err })
 	}
 	// Land: fetching -> fetched (bytes kept in memory until committed), or
 	// back to missing.
 	m.mu.Lock()
-	for id := j.first; id <= j.last; id++ {
+	j.ids(func(id int) {
 		sp := &m.spans[id]
 		if sp.job != j {
 			panic(fmt.Sprintf("spans: span %d landed by a job that does not own it", id))
@@ -465,55 +550,70 @@ func (m *Manager) run(j *job) {
 		if j.errs[id-j.first] == nil {
 			sp.comp = j.data[id-j.first]
 		}
-	}
+	})
 	m.mu.Unlock()
 	close(j.done)
 
-	for id := j.first; id <= j.last; id++ {
+	j.ids(func(id int) {
 		data := j.data[id-j.first]
 		if data == nil {
-			continue
+			return
 		}
 		if m.bad.Load() == nil {
 			if err := m.o.Cache.Put(m.compKey(id), data); err != nil && !errors.Is(err, diskcache.ErrFull) {
 				m.o.Log.WithError(err).WithField("span", id).Warn("Could not cache span")
 			}
+			m.dropIfBad(m.compKey(id))
 		}
 		m.mu.Lock()
 		if sp := &m.spans[id]; sameBytes(sp.comp, data) {
 			sp.comp = nil
 		}
 		m.mu.Unlock()
-	}
+	})
 }
 
-// fetchRun reads the job's range and verifies each span.
-func (m *Manager) fetchRun(j *job) error {
+// fetchRuns reads the job's ranges (one request) and verifies each span.
+func (m *Manager) fetchRuns(j *job) error {
 	ctx := j.ticket.Context()
-	c0, _ := m.o.Layout.CompressedRange(j.first)
-	_, c1 := m.o.Layout.CompressedRange(j.last)
-	bufs, err := m.readRanges(ctx, []remote.Range{{Offset: c0, Length: c1 - c0}})
+	ranges := make([]remote.Range, len(j.runs))
+	for i, r := range j.runs {
+		c0, _ := m.o.Layout.CompressedRange(r.a)
+		_, c1 := m.o.Layout.CompressedRange(r.b)
+		ranges[i] = remote.Range{Offset: c0, Length: c1 - c0}
+	}
+	bufs, err := m.readRanges(ctx, ranges)
 	if err != nil {
 		if cause := context.Cause(ctx); errors.Is(cause, ErrPreempted) {
 			return ErrPreempted
 		}
-		return fmt.Errorf("fetch spans %d-%d: %w", j.first, j.last, err)
+		return fmt.Errorf("fetch spans %s: %w", describeRuns(j.runs), err)
 	}
-	buf := bufs[0]
-	for id := j.first; id <= j.last; id++ {
-		s, e := m.o.Layout.CompressedRange(id)
-		data := buf[s-c0 : e-c0 : e-c0]
-		if err := m.o.Layout.Verify(id, data); err != nil {
-			data, err = m.refetch(ctx, id)
-			if err != nil {
-				j.errs[id-j.first] = err
-				continue
+	for i, r := range j.runs {
+		c0 := ranges[i].Offset
+		for id := r.a; id <= r.b; id++ {
+			s, e := m.o.Layout.CompressedRange(id)
+			data := bufs[i][s-c0 : e-c0 : e-c0]
+			if err := m.o.Layout.Verify(id, data); err != nil {
+				data, err = m.refetch(ctx, id)
+				if err != nil {
+					j.errs[id-j.first] = err
+					continue
+				}
 			}
+			j.data[id-j.first] = data
+			m.stats.fetchedSpans.Add(1)
 		}
-		j.data[id-j.first] = data
-		m.stats.fetchedSpans.Add(1)
 	}
 	return nil
+}
+
+func describeRuns(runs []run) string {
+	parts := make([]string, len(runs))
+	for i, r := range runs {
+		parts[i] = fmt.Sprintf("%d-%d", r.a, r.b)
+	}
+	return strings.Join(parts, ",")
 }
 
 // refetch fetches span id once more on its own after a digest mismatch (a

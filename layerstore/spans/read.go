@@ -1,7 +1,9 @@
 package spans
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -62,7 +64,9 @@ func (m *Manager) readSpan(ctx context.Context, id int, dst []byte, off int64) e
 var errEvicted = errors.New("span evicted meanwhile")
 
 // readInflated reads from span id's inflated bytes on disk; it reports
-// false when they are not there (or not whole: dropped).
+// false when they are not there (or not whole, or damaged: dropped). An
+// inflated span file starts with the sha256 of the bytes that follow,
+// checked the first time the Manager reads the file.
 func (m *Manager) readInflated(id int, dst []byte, off int64) (bool, error) {
 	k := m.uncKey(id)
 	f, size, err := m.o.Cache.Open(k)
@@ -74,16 +78,63 @@ func (m *Manager) readInflated(id int, dst []byte, off int64) (bool, error) {
 	}
 	defer f.Close()
 	u0, u1 := m.o.Layout.UncompressedRange(id)
-	if size != u1-u0 {
-		m.o.Log.WithField("span", id).Warn("Dropping inflated span of the wrong size")
+	drop := func(why string) (bool, error) {
+		m.stats.badCached.Add(1)
+		m.o.Log.WithField("span", id).Warn("Dropping inflated span: " + why)
 		_ = m.o.Cache.Remove(k)
 		return false, nil
 	}
-	if _, err := f.ReadAt(dst, off); err != nil && !(errors.Is(err, io.EOF) && off+int64(len(dst)) == size) {
+	if size != sha256.Size+u1-u0 {
+		return drop("wrong size")
+	}
+	m.mu.Lock()
+	checked := m.spans[id].uncChecked
+	m.mu.Unlock()
+	if !checked {
+		buf := make([]byte, size)
+		if _, err := f.ReadAt(buf, 0); err != nil {
+			return false, fmt.Errorf("read inflated span %d: %w", id, err)
+		}
+		if sum := sha256.Sum256(buf[sha256.Size:]); !bytes.Equal(sum[:], buf[:sha256.Size]) {
+			return drop("content does not match its digest")
+		}
+		m.mu.Lock()
+		m.spans[id].uncChecked = true
+		m.mu.Unlock()
+		copy(dst, buf[sha256.Size+off:])
+		m.stats.diskReads.Add(1)
+		return true, nil
+	}
+	if _, err := f.ReadAt(dst, sha256.Size+off); err != nil && !(errors.Is(err, io.EOF) && sha256.Size+off+int64(len(dst)) == size) {
 		return false, fmt.Errorf("read inflated span %d: %w", id, err)
 	}
 	m.stats.diskReads.Add(1)
 	return true, nil
+}
+
+// storeInflated commits span id's inflated bytes to disk, behind their
+// sha256.
+func (m *Manager) storeInflated(id int, data []byte) error {
+	w, err := m.o.Cache.Create(m.uncKey(id))
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(data)
+	if _, err := w.Write(sum[:]); err != nil {
+		w.Abort()
+		return err
+	}
+	if _, err := w.Write(data); err != nil {
+		w.Abort()
+		return err
+	}
+	if err := w.Commit(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.spans[id].uncChecked = true
+	m.mu.Unlock()
+	return nil
 }
 
 // startInflation returns the inflation of span id, starting it (fetched ->
@@ -143,16 +194,19 @@ func (m *Manager) inflate(id int, inf *inflation) {
 		sp.unc = data
 	}
 	m.mu.Unlock()
+	if err == nil {
+		m.stats.inflations.Add(1)
+	}
 	inf.data, inf.err = data, err
 	close(inf.done)
 	if err != nil {
 		return
 	}
-	m.stats.inflations.Add(1)
 	if m.bad.Load() == nil {
-		if perr := m.o.Cache.Put(m.uncKey(id), data); perr != nil && !errors.Is(perr, diskcache.ErrFull) {
+		if perr := m.storeInflated(id, data); perr != nil && !errors.Is(perr, diskcache.ErrFull) {
 			m.o.Log.WithError(perr).WithField("span", id).Warn("Could not cache inflated span")
 		}
+		m.dropIfBad(m.uncKey(id))
 	}
 	m.mu.Lock()
 	if sameBytes(sp.unc, data) {
@@ -196,7 +250,7 @@ func (m *Manager) compressed(ctx context.Context, id int, p Priority) ([]byte, e
 				return data, nil
 			}
 			m.stats.badCached.Add(1)
-			m.o.Log.WithField("span", id).Warn("Dropping corrupt cached span")
+			m.o.Log.WithField("span", id).Warn("Dropping corrupt span from the cache")
 			_ = m.o.Cache.Remove(m.compKey(id))
 		} else if !errors.Is(err, diskcache.ErrNotFound) {
 			m.o.Log.WithError(err).WithField("span", id).Warn("Span cache read failed")
@@ -225,7 +279,7 @@ func (m *Manager) claimCompressed(id int, p Priority) error {
 	case sp.comp == nil && !m.o.Cache.Has(m.compKey(id)):
 		// Missing, or inflated only (which does not give the compressed
 		// bytes back): fetch it.
-		m.newJobLocked(id, id, p)
+		m.newJobLocked([]run{{id, id}}, p)
 	}
 	return nil
 }

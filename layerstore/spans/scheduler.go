@@ -242,6 +242,24 @@ func (t *Ticket) Done() {
 	s.dispatchLocked()
 }
 
+// WaitIdle blocks until a background fetch would be granted (no
+// foreground fetch running or waiting, none within the quiet time, a
+// background slot free), or ctx ends.
+func (s *Scheduler) WaitIdle(ctx context.Context) error {
+	t := s.Ticket(ctx, Verify, 0)
+	defer t.Done()
+	return t.Wait(ctx)
+}
+
+// Touch counts as foreground activity now (e.g. a pull under way): background
+// fetches wait for the quiet time again.
+func (s *Scheduler) Touch() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lastFG = time.Now()
+	s.dispatchLocked()
+}
+
 // Stats returns a snapshot of the counters.
 func (s *Scheduler) Stats() SchedulerStats {
 	s.mu.Lock()

@@ -70,7 +70,7 @@ func TestSociIndexServedByLazypull(t *testing.T) {
 	d := testenv.StartDaemon(t, testenv.DaemonOptions{Config: map[string]any{
 		"registry": map[string]any{"insecure": []string{reg.Host}},
 		"index":    map[string]any{"min_layer_size": "1KiB", "on_demand": "off"},
-		"prefetch": map[string]any{"enabled": false},
+		"prefetch": map[string]any{"enabled": false}, "verification": map[string]any{"enabled": false},
 	}})
 	p := testenv.NewPodman(t, testenv.PodmanOptions{InsecureRegistries: []string{reg.Host}, StorageOpts: []string{d.ALSOption()}})
 	ref := reg.Ref("compat/soci", "v1")

@@ -220,7 +220,7 @@ func TestPrivateImageWithPodmanCredentials(t *testing.T) {
 	d := testenv.StartDaemon(t, testenv.DaemonOptions{Env: env, Config: map[string]any{
 		"registry": map[string]any{"insecure": []string{r.Host}},
 		"index":    map[string]any{"min_layer_size": "4MiB"},
-		"prefetch": map[string]any{"enabled": false},
+		"prefetch": map[string]any{"enabled": false}, "verification": map[string]any{"enabled": false},
 	}})
 	p := testenv.NewPodman(t, testenv.PodmanOptions{InsecureRegistries: []string{r.Host}, StorageOpts: []string{d.ALSOption()}, Env: env})
 	podmanLogin(t, p, r.Host, "alice", alicePassword)
@@ -330,7 +330,7 @@ func TestPrivateImageDefaultAuthPath(t *testing.T) {
 	d := testenv.StartDaemon(t, testenv.DaemonOptions{Env: env, Config: map[string]any{
 		"registry": map[string]any{"insecure": []string{r.Host}},
 		"index":    map[string]any{"min_layer_size": "4MiB"},
-		"prefetch": map[string]any{"enabled": false},
+		"prefetch": map[string]any{"enabled": false}, "verification": map[string]any{"enabled": false},
 	}})
 	p := testenv.NewPodman(t, testenv.PodmanOptions{InsecureRegistries: []string{r.Host}, StorageOpts: []string{d.ALSOption()}, Env: env})
 	podmanLogin(t, p, r.Host, "alice", alicePassword)
@@ -414,7 +414,7 @@ func TestAuthHelperHandover(t *testing.T) {
 	d := testenv.StartDaemon(t, testenv.DaemonOptions{Config: map[string]any{
 		"registry": map[string]any{"insecure": []string{r.Host}, "auth_file": daemonAuth},
 		"index":    map[string]any{"min_layer_size": "4MiB"},
-		"prefetch": map[string]any{"enabled": false},
+		"prefetch": map[string]any{"enabled": false}, "verification": map[string]any{"enabled": false},
 	}})
 	newPodman := func() *testenv.Podman {
 		return testenv.NewPodman(t, testenv.PodmanOptions{InsecureRegistries: []string{r.Host}, StorageOpts: []string{d.ALSOption()},

@@ -55,7 +55,7 @@ func TestKillDuringPrefetch(t *testing.T) {
 	if _, err := p.Pull(ref); err != nil {
 		t.Fatal(err)
 	}
-	spans := filepath.Join(d.Root, "spans")
+	spans := filepath.Join(d.Root, "spancache")
 	waitFor(t, 2*time.Minute, "prefetch to be under way", func() bool { return countFiles(spans) >= 10 })
 	d.Kill()
 	before := countFiles(spans)
@@ -93,7 +93,7 @@ func TestKillDuringIndexing(t *testing.T) {
 	d := testenv.StartDaemon(t, testenv.DaemonOptions{Config: map[string]any{
 		"registry": map[string]any{"insecure": []string{reg.Host}},
 		"index":    map[string]any{"on_demand": "sync", "parallel": 1},
-		"prefetch": map[string]any{"enabled": false},
+		"prefetch": map[string]any{"enabled": false}, "verification": map[string]any{"enabled": false},
 	}})
 	p1 := testenv.NewPodman(t, testenv.PodmanOptions{InsecureRegistries: []string{reg.Host}, StorageOpts: []string{d.ALSOption()}})
 	pulled := make(chan error, 1)
@@ -101,7 +101,7 @@ func TestKillDuringIndexing(t *testing.T) {
 		_, err := p1.Pull(ref)
 		pulled <- err
 	}()
-	spans := filepath.Join(d.Root, "spans")
+	spans := filepath.Join(d.Root, "spancache")
 	waitFor(t, 2*time.Minute, "indexing to be under way", func() bool { return countFiles(spans) >= 5 })
 	d.Kill()
 	err := <-pulled

@@ -26,7 +26,7 @@ func TestLazyPullIndexedImage(t *testing.T) {
 
 	d := testenv.StartDaemon(t, testenv.DaemonOptions{Config: map[string]any{
 		"registry": map[string]any{"insecure": []string{proxy.Host}},
-		"prefetch": map[string]any{"enabled": false},
+		"prefetch": map[string]any{"enabled": false}, "verification": map[string]any{"enabled": false},
 	}})
 	lazy := testenv.NewPodman(t, testenv.PodmanOptions{InsecureRegistries: []string{proxy.Host}, StorageOpts: []string{d.ALSOption()}})
 

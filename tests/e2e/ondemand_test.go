@@ -85,9 +85,9 @@ func TestIndexOnDemandAndShareAcrossMachines(t *testing.T) {
 	indexed := indexedLayers(img, 10<<20)
 	config := func() map[string]any {
 		return map[string]any{
-			"registry":  map[string]any{"insecure": []string{proxy.Host, artifacts.Host}},
-			"index":     map[string]any{"on_demand": "sync"},
-			"prefetch":  map[string]any{"enabled": false},
+			"registry": map[string]any{"insecure": []string{proxy.Host, artifacts.Host}},
+			"index":    map[string]any{"on_demand": "sync"},
+			"prefetch": map[string]any{"enabled": false}, "verification": map[string]any{"enabled": false},
 			"artifacts": map[string]any{"shared_repository": shared},
 		}
 	}
@@ -231,8 +231,8 @@ func TestEvictionWhileReading(t *testing.T) {
 	d := testenv.StartDaemon(t, testenv.DaemonOptions{Config: map[string]any{
 		"registry": map[string]any{"insecure": []string{reg.Host}},
 		"index":    map[string]any{"min_layer_size": "100KiB"},
-		"cache":    map[string]any{"span_cache_size": fmt.Sprint(capBytes), "memory_spans": 4},
-		"prefetch": map[string]any{"enabled": false},
+		"cache":    map[string]any{"span_cache_size": fmt.Sprint(capBytes)},
+		"prefetch": map[string]any{"enabled": false}, "verification": map[string]any{"enabled": false},
 	}})
 	p := testenv.NewPodman(t, testenv.PodmanOptions{InsecureRegistries: []string{reg.Host}, StorageOpts: []string{d.ALSOption()}})
 	small := reg.Ref("lazypull/small", "v1")

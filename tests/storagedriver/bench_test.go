@@ -33,7 +33,7 @@ func BenchmarkPull(b *testing.B) {
 	}
 	cancel()
 	ref := reg.Ref("lazypull/e2e", "v1")
-	cfg := map[string]any{"registry": map[string]any{"insecure": []string{reg.Host}}, "prefetch": map[string]any{"enabled": false}}
+	cfg := map[string]any{"registry": map[string]any{"insecure": []string{reg.Host}}, "prefetch": map[string]any{"enabled": false}, "verification": map[string]any{"enabled": false}}
 	runLazypull(b, map[string]any{"registry": map[string]any{"insecure": []string{reg.Host}}}, "index", "--push", ref)
 	d := testenv.StartDaemon(b, testenv.DaemonOptions{Config: cfg})
 	bin := testenv.LazypullBinary(b)

@@ -96,7 +96,7 @@ func daemonConfig(insecure ...string) map[string]any {
 	return map[string]any{
 		"registry": map[string]any{"insecure": insecure},
 		"index":    map[string]any{"min_layer_size": minLayerSize, "span_size": "1MiB", "on_demand": "off"},
-		"prefetch": map[string]any{"enabled": false},
+		"prefetch": map[string]any{"enabled": false}, "verification": map[string]any{"enabled": false},
 	}
 }
 

@@ -243,7 +243,7 @@ func measure(bin, dir string, p profile, img *imagegen.Image, files []string, fi
 	}
 	// Lazy pull of the indexed image.
 	{
-		d, pm, err := lazyEnv(e, "lazy", insecure, map[string]any{"prefetch": map[string]any{"enabled": false}})
+		d, pm, err := lazyEnv(e, "lazy", insecure, map[string]any{"prefetch": map[string]any{"enabled": false}, "verification": map[string]any{"enabled": false}})
 		if err != nil {
 			return nil, err
 		}
@@ -273,7 +273,7 @@ func measure(bin, dir string, p profile, img *imagegen.Image, files []string, fi
 	// Cold lazy pull: no index anywhere; indexed on the way, shared.
 	{
 		d, pm, err := lazyEnv(e, "cold", insecure, map[string]any{
-			"prefetch":  map[string]any{"enabled": false},
+			"prefetch": map[string]any{"enabled": false}, "verification": map[string]any{"enabled": false},
 			"index":     map[string]any{"on_demand": "sync"},
 			"artifacts": map[string]any{"shared_repository": shared},
 		})
@@ -294,7 +294,7 @@ func measure(bin, dir string, p profile, img *imagegen.Image, files []string, fi
 	// Second machine: empty local store, the shared artifact registry.
 	{
 		d, pm, err := lazyEnv(e, "second", insecure, map[string]any{
-			"prefetch":  map[string]any{"enabled": false},
+			"prefetch": map[string]any{"enabled": false}, "verification": map[string]any{"enabled": false},
 			"index":     map[string]any{"on_demand": "off"},
 			"artifacts": map[string]any{"shared_repository": shared},
 		})

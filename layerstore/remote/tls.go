@@ -154,7 +154,8 @@ func (e *endpointTransport) RoundTrip(req *http.Request) (*http.Response, error)
 	return resp, nil
 }
 
-// tlsHint adds to a TLS failure where podman's TLS settings for host live.
+// tlsHint adds to a TLS failure where podman's TLS settings for host live;
+// such failures are permanent (not retried).
 func (c *Client) tlsHint(host string, err error) error {
 	dir, searched := c.certDir(certsName(host))
 	where := dir
@@ -169,12 +170,13 @@ func (c *Client) tlsHint(host string, err error) error {
 	msg := err.Error()
 	switch {
 	case errors.As(err, &unknownCA):
-		return fmt.Errorf("%w (trust the registry's CA by putting it, as a *.crt file, in %s; see containers-certs.d(5))", err, where)
+		return permanent{fmt.Errorf("%w (trust the registry's CA by putting it, as a *.crt file, in %s; see containers-certs.d(5))", err, where)}
 	case errors.As(err, &hostErr), errors.As(err, &invalid):
-		return fmt.Errorf("%w (TLS settings read from %s; see containers-certs.d(5))", err, where)
-	case strings.Contains(msg, "tls: certificate required"), strings.Contains(msg, "tls: bad certificate"):
-		// A remote alert: the registry wants a (valid) client certificate.
-		return fmt.Errorf("%w (the registry wants a client certificate: put it as *.cert with its *.key in %s; see containers-certs.d(5))", err, where)
+		return permanent{fmt.Errorf("%w (TLS settings read from %s; see containers-certs.d(5))", err, where)}
+	case strings.Contains(msg, "tls: certificate required"), strings.Contains(msg, "tls: bad certificate"),
+		strings.Contains(msg, "tls: unknown certificate authority"):
+		// A remote alert: the registry wants a client certificate it trusts.
+		return permanent{fmt.Errorf("%w (the registry wants a client certificate: put it as *.cert with its *.key in %s; see containers-certs.d(5))", err, where)}
 	}
 	return err
 }

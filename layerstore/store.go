@@ -116,14 +116,19 @@ func New(cfg config.Config, opts Options) (*Store, error) {
 		return nil, err
 	}
 	client, err := remote.NewClient(remote.Options{
-		Version:            opts.Version,
-		Auth:               opts.Auth,
-		InsecureRegistries: cfg.Registry.Insecure,
-		RegistriesConf:     registriesConf(cfg.Registry.RegistriesConf),
-		RegistriesConfDir:  registriesConfDir(cfg.Registry.RegistriesConf),
-		Transport:          opts.Transport,
-		RequestTimeout:     time.Duration(cfg.Registry.RequestTimeout),
-		MaxAttempts:        cfg.Registry.MaxRetries + 1,
+		Version:                opts.Version,
+		Auth:                   opts.Auth,
+		Log:                    opts.Log.WithField("component", "registry"),
+		InsecureRegistries:     cfg.Registry.Insecure,
+		RegistriesConf:         cfg.Registry.RegistriesConf,
+		RegistriesConfDir:      registriesConfDir(cfg.Registry.RegistriesConf),
+		SystemRegistriesConf:   true, // podman's, when registries_conf is ""
+		CertsDir:               cfg.Registry.CertsDir,
+		MirrorFirstByteTimeout: time.Duration(cfg.Registry.MirrorFirstByteTimeout),
+		MirrorWarmup:           time.Duration(cfg.Registry.MirrorWarmup),
+		Transport:              opts.Transport,
+		RequestTimeout:         time.Duration(cfg.Registry.RequestTimeout),
+		MaxAttempts:            cfg.Registry.MaxRetries + 1,
 	})
 	if err != nil {
 		return nil, err
@@ -161,18 +166,11 @@ func New(cfg config.Config, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// registriesConf returns the registries.conf path to read ("" = the system
-// default).
-func registriesConf(p string) string {
-	if p == "" {
-		return "/etc/containers/registries.conf"
-	}
-	return p
-}
-
+// registriesConfDir is the drop-in directory of registries_conf ("" for
+// podman's default).
 func registriesConfDir(p string) string {
 	if p == "" {
-		return "/etc/containers/registries.conf.d"
+		return ""
 	}
 	return p + ".d"
 }

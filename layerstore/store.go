@@ -313,6 +313,17 @@ func (s *Store) Status(context.Context) (*control.Status, error) {
 	return st, nil
 }
 
+// servedBy names the registry endpoint that served the layer's last read,
+// from its most recently used source that has served one.
+func servedBy(blobs []blobSource) string {
+	for i := len(blobs) - 1; i >= 0; i-- {
+		if b, ok := blobs[i].(interface{ ServedBy() string }); ok && b.ServedBy() != "" {
+			return b.ServedBy()
+		}
+	}
+	return ""
+}
+
 func (l *layer) status() control.LayerStatus {
 	n, _ := l.s.spans.LayerBytes(l.digest)
 	l.mu.Lock()
@@ -331,6 +342,7 @@ func (l *layer) status() control.LayerStatus {
 		Prefetch:       l.pf.String(),
 		Verified:       l.verified.Load(),
 		IndexSource:    l.source,
+		Endpoint:       servedBy(l.blobs),
 		ReadsServed:    l.reads.Load(),
 		ReadErrors:     l.readErrors.Load(),
 		FirstMountedAt: l.mounted.UTC().Format(time.RFC3339),

@@ -45,11 +45,12 @@ type RegistryOptions struct {
 	// when NewRegistry created it.
 	Dir string
 	// TLS, when set, makes a docker-registry process serve https with a
-	// certificate of this CA (see registryextra.go); ClientCerts, TLSHosts
-	// and ProxyRemoteURL are described there too.
+	// certificate of this CA (see registryextra.go); ClientCerts, TLSHosts,
+	// Users and ProxyRemoteURL are described there too.
 	TLS            *TestCA
 	TLSHosts       []string
 	ClientCerts    bool
+	Users          map[string]string
 	ProxyRemoteURL string
 }
 

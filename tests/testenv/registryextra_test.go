@@ -63,6 +63,24 @@ func TestTLSRegistry(t *testing.T) {
 	}
 }
 
+// TestRegistryUsers: a TLS registry with Users wants their Basic
+// credentials; HTTPClient sends them.
+func TestRegistryUsers(t *testing.T) {
+	ca := NewTestCA(t, "users-test")
+	reg := StartRegistry(t, RegistryOptions{TLS: ca, Users: map[string]string{"alice": "alice-secret"}})
+	if status, _, err := getWith(t, reg.HTTPClient, reg.URL+"/v2/", ""); err != nil || status != http.StatusOK {
+		t.Errorf("GET /v2/ with the registry's client = %d, %v; want 200", status, err)
+	}
+	cfg, err := ca.ClientConfig(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	anonymous := &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}
+	if status, _, err := getWith(t, anonymous, reg.URL+"/v2/", ""); err != nil || status != http.StatusUnauthorized {
+		t.Errorf("GET /v2/ without credentials = %d, %v; want 401", status, err)
+	}
+}
+
 // TestPullThroughRegistry shows how distribution 2.8's pull-through cache
 // answers range requests, which the registry client's mirror handling relies
 // on: a blob it has not stored is answered with 200 and the whole blob

@@ -226,6 +226,10 @@ func (o *Options) setDefaults() {
 	}
 }
 
+// noDropIns is a drop-in directory that cannot exist: with it, no drop-ins
+// are read.
+const noDropIns = "/nonexistent/lazypull-registries.conf.d"
+
 // Client talks to OCI distribution registries, reaching them as podman
 // does: through the mirrors and rewrites of registries.conf, with the TLS
 // settings of certs.d and the proxies of the environment. It is safe for
@@ -277,8 +281,7 @@ func NewClient(opts Options) (*Client, error) {
 			SystemRegistriesConfDirPath: opts.RegistriesConfDir,
 		}
 		if opts.RegistriesConfDir == "" {
-			// A directory that cannot exist: read no drop-ins.
-			c.sys.SystemRegistriesConfDirPath = "/nonexistent/lazypull-registries.conf.d"
+			c.sys.SystemRegistriesConfDirPath = noDropIns
 		}
 	case opts.SystemRegistriesConf:
 		c.sys = &types.SystemContext{SystemRegistriesConfDirPath: opts.RegistriesConfDir}

@@ -152,8 +152,14 @@ func (c *Client) pushEndpoint(ref reference.Named) (*endpoint, error) {
 	return c.newEndpoint(ref, false, insecure), nil
 }
 
+// confDescription names the registries.conf files read, as podman's
+// message about blocked registries does ("<file> or <drop-in directory>").
 func (c *Client) confDescription() string {
-	return sysregistriesv2.ConfigurationSourceDescription(c.sys)
+	conf, dir := sysregistriesv2.ConfigPath(c.sys), sysregistriesv2.ConfigDirPath(c.sys) //nolint:staticcheck // podman's wording
+	if dir == "" || dir == noDropIns {
+		return conf
+	}
+	return conf + " or " + dir
 }
 
 // listedInsecure reports whether Options.InsecureRegistries names domain.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/containers/image/v5/docker/reference"
 	digest "github.com/opencontainers/go-digest"
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -25,8 +26,8 @@ type Blob struct {
 	repo   reference.Named
 	digest digest.Digest
 	size   int64
-	// served is the endpoint (repository) that served the last read.
-	served atomic.Pointer[string]
+	// served is the endpoint that served the last read.
+	served atomic.Pointer[endpoint]
 }
 
 // Blob returns a reader for the blob dgst of size bytes in repo. repo is
@@ -52,17 +53,32 @@ func (b *Blob) Size() int64 { return b.size }
 // ServedBy names the endpoint that served the last read, as the repository
 // there (e.g. "mirror.example.com:5000/library/alpine"); "" before any.
 func (b *Blob) ServedBy() string {
-	if p := b.served.Load(); p != nil {
-		return *p
+	if ep := b.served.Load(); ep != nil {
+		return ep.name()
 	}
 	return ""
 }
 
 func (b *Blob) setServedBy(ep *endpoint) {
-	if p := b.served.Load(); p == nil || *p != ep.name() {
-		name := ep.name()
-		b.served.Store(&name)
+	if b.served.Load() != ep {
+		b.served.Store(ep)
 	}
+}
+
+// RejectLastRead tells the Blob that bytes it returned did not verify (the
+// caller checks them against an index): if a mirror served the last read,
+// it is left out for this blob (Options.MirrorSkipTTL), so that the next
+// reads come from the next endpoint. Bytes from the primary location are
+// the registry's word; nothing changes then.
+func (b *Blob) RejectLastRead() {
+	ep := b.served.Load()
+	if ep == nil || !ep.mirror {
+		return
+	}
+	b.c.markFailed(ep, b.digest.String(), ErrDigestMismatch)
+	b.c.stats.mirrorFallbacks.Add(1)
+	b.c.log.WithFields(logrus.Fields{"mirror": ep.name(), "digest": b.digest.String(), "left_out_for": b.c.opts.MirrorSkipTTL.String() + " for this object"}).
+		Warn("Registry mirror served bytes that do not match the layer's index, skipping it for this blob")
 }
 
 // ReadRanges returns the bytes of each range, in the order given.

@@ -450,28 +450,34 @@ func (c *Client) pushRepo(ctx context.Context, ref reference.Named) (*repoClient
 
 // EnsureFresh asks the Auths of ref (pull) to keep their credentials valid
 // for at least minValidity; call it before background batches of reads. It
-// refreshes the endpoint reads go to first (a mirror, or the primary
-// location), and, when that fails, the next ones.
+// refreshes every endpoint reads may go to (the mirrors not left out, and
+// the primary location) and fails only when none could be refreshed.
 func (c *Client) EnsureFresh(ctx context.Context, ref reference.Named, minValidity time.Duration) error {
 	eps, err := c.endpoints(ref)
 	if err != nil {
 		return err
 	}
-	var errs []error
+	var (
+		errs  []error
+		tried int
+	)
 	for i, ep := range eps {
 		if i < len(eps)-1 && !c.usable(ep, "") {
 			continue
 		}
+		tried++
 		a, err := c.authFor(ep, pullActions)
 		if err == nil {
 			err = a.EnsureFresh(ctx, minValidity)
 		}
-		if err == nil {
-			return nil
+		if err != nil {
+			errs = append(errs, fmt.Errorf("refresh credentials for %s: %w", ep.name(), err))
 		}
-		errs = append(errs, fmt.Errorf("refresh credentials for %s: %w", ep.name(), err))
 	}
-	return errors.Join(errs...)
+	if len(errs) == tried {
+		return errors.Join(errs...)
+	}
+	return nil
 }
 
 // Reauthenticate makes the next pull request about ref prove access with

@@ -1,6 +1,7 @@
 package remote
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -146,6 +147,7 @@ type mirrorFault struct {
 	down          atomic.Bool // answer 503 to everything
 	ignoreRange   atomic.Bool // drop Range headers: 200 with the whole blob
 	badRange      atomic.Bool // shift the answer of range requests by one byte
+	corrupt       atomic.Bool // flip the bytes of range answers
 	headerDelay   atomic.Int64
 	requests      counter // "manifests", "blobs", "ranges", "referrers", "other"
 	rangeRequests atomic.Int64
@@ -185,8 +187,22 @@ func (f *mirrorFault) middleware(h http.Handler) http.Handler {
 				r.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", a-1, b-1))
 			}
 		}
+		if kind == "ranges" && f.corrupt.Load() {
+			w = &flippingWriter{ResponseWriter: w}
+		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// flippingWriter inverts every body byte.
+type flippingWriter struct{ http.ResponseWriter }
+
+func (f *flippingWriter) Write(b []byte) (int, error) {
+	c := make([]byte, len(b))
+	for i, x := range b {
+		c[i] = ^x
+	}
+	return f.ResponseWriter.Write(c)
 }
 
 // mirrorSetup is an origin and a mirror registry (in-process) holding the
@@ -512,6 +528,97 @@ pull-from-mirror = "tag-only"
 		}
 		if b.ServedBy() != tc.want {
 			t.Errorf("blob of %s served by %q, want %q", tc.ref, b.ServedBy(), tc.want)
+		}
+	}
+}
+
+// TestRejectLastRead: bytes a mirror served that the caller found wrong
+// (checked against the layer's index) make the mirror left out for the
+// blob; the next read comes from the origin, exact. Rejecting bytes of the
+// origin changes nothing.
+func TestRejectLastRead(t *testing.T) {
+	s := newMirrorSetup(t, true, nil)
+	s.fault.corrupt.Store(true)
+	b, content := s.bigLayer(t)
+	r := Range{50_000, 2000}
+	ctx := context.Background()
+	got, err := b.ReadRanges(ctx, []Range{r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(got[0], content[r.Offset:r.End()]) || b.ServedBy() != s.mirror.host+"/ns/app" {
+		t.Fatalf("the corrupting mirror's answer is exact or came from %q: the fault does not work", b.ServedBy())
+	}
+	b.RejectLastRead()
+	got, err = b.ReadRanges(ctx, []Range{r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRanges(t, content, []Range{r}, got)
+	if b.ServedBy() != s.origin.host+"/ns/app" {
+		t.Errorf("after RejectLastRead: served by %q, want the origin", b.ServedBy())
+	}
+	if w := s.warned(); len(w) != 1 || !strings.Contains(w[0], "do not match") {
+		t.Errorf("warnings = %q, want one about bytes that do not match", w)
+	}
+	b.RejectLastRead() // the origin's bytes: nothing to leave out
+	if _, err := b.ReadRanges(ctx, []Range{r}); err != nil || b.ServedBy() != s.origin.host+"/ns/app" {
+		t.Errorf("after rejecting the origin's bytes: %v, served by %q; want the origin still", err, b.ServedBy())
+	}
+}
+
+// freshAuthFor records EnsureFresh calls per reference and fails them for
+// the references in fail.
+type freshAuthFor struct {
+	anonymous
+	ref   string
+	calls *counter
+	fail  map[string]bool
+}
+
+func (f freshAuthFor) EnsureFresh(context.Context, time.Duration) error {
+	f.calls.inc(f.ref)
+	if f.fail[f.ref] {
+		return errors.New("token server down")
+	}
+	return nil
+}
+
+// TestEnsureFreshEveryEndpoint: credentials are refreshed for the mirrors
+// and the primary location; one of them failing is no failure.
+func TestEnsureFreshEveryEndpoint(t *testing.T) {
+	conf := writeConf(t, "[[registry]]\nlocation = \"origin.test\"\n[[registry.mirror]]\nlocation = \"mirror.test\"\n")
+	var calls counter
+	fail := map[string]bool{}
+	c, err := NewClient(Options{RegistriesConf: conf, Auth: func(ref reference.Named, _ []string, base http.RoundTripper) (Auth, error) {
+		return freshAuthFor{anonymous: anonymous{base: base}, ref: ref.String(), calls: &calls, fail: fail}, nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ref := mustRef(t, "origin.test/app:1")
+	for _, tc := range []struct {
+		name    string
+		fail    []string
+		wantErr bool
+	}{
+		{"both fine", nil, false},
+		{"mirror fails", []string{"mirror.test/app:1"}, false},
+		{"origin fails", []string{"origin.test/app:1"}, false},
+		{"both fail", []string{"mirror.test/app:1", "origin.test/app:1"}, true},
+	} {
+		clear(fail)
+		for _, f := range tc.fail {
+			fail[f] = true
+		}
+		m0, o0 := calls.get("mirror.test/app:1"), calls.get("origin.test/app:1")
+		err := c.EnsureFresh(context.Background(), ref, time.Minute)
+		if (err != nil) != tc.wantErr {
+			t.Errorf("%s: EnsureFresh = %v, want error %v", tc.name, err, tc.wantErr)
+		}
+		if calls.get("mirror.test/app:1") != m0+1 || calls.get("origin.test/app:1") != o0+1 {
+			t.Errorf("%s: EnsureFresh did not refresh both endpoints once", tc.name)
 		}
 	}
 }

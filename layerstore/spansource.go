@@ -247,6 +247,11 @@ func (s *spanSource) fetchOwned(ctx context.Context, own map[ztoc.SpanID]*spanFl
 func (s *spanSource) accept(ctx context.Context, id ztoc.SpanID, data []byte) ([]byte, error) {
 	err := s.x.VerifySpan(id, data)
 	if err != nil {
+		for _, b := range s.blobs() { // a mirror that served it is left out for the refetch
+			if r, ok := b.(interface{ RejectLastRead() }); ok {
+				r.RejectLastRead()
+			}
+		}
 		c0, c1 := s.x.SpanCompressedRange(id)
 		bufs, rerr := s.readRanges(ctx, []remote.Range{{Offset: c0, Length: c1 - c0}})
 		if rerr != nil {

@@ -622,3 +622,24 @@ func TestEnsureFreshEveryEndpoint(t *testing.T) {
 		}
 	}
 }
+
+// TestMirrorHungManifest: a mirror that does not answer a manifest request
+// within FirstByteTimeout is abandoned for the next endpoint (not after the
+// whole RequestTimeout).
+func TestMirrorHungManifest(t *testing.T) {
+	s := newMirrorSetup(t, true, func(o *Options) {
+		o.FirstByteTimeout, o.RequestTimeout = 100*time.Millisecond, time.Hour
+	})
+	s.fault.headerDelay.Store(int64(3 * time.Second))
+	img, err := s.client.Resolve(context.Background(), s.ref)
+	if err != nil {
+		t.Fatalf("Resolve: %v", err)
+	}
+	checkImage(t, img, s.img)
+	if n := s.origin.count("GET manifests"); n != 1 {
+		t.Errorf("the origin saw %d manifest requests, want 1 (the hung mirror abandoned)", n)
+	}
+	if w := s.warned(); len(w) != 1 || !strings.Contains(w[0], "connection stalled") {
+		t.Errorf("warnings = %q, want one about the stalled mirror", w)
+	}
+}

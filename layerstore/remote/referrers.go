@@ -96,7 +96,10 @@ func (r *repoClient) referrersAPI(ctx context.Context, subject digest.Digest, ar
 		err := func() error {
 			ctx, cancel := context.WithTimeout(ctx, r.c.opts.RequestTimeout)
 			defer cancel()
-			resp, _, err := r.do(ctx, http.MethodGet, next, http.Header{"Accept": {ocispec.MediaTypeImageIndex}})
+			resp, err := awaitHeaders(r.c.opts.FirstByteTimeout, cancel, func() (*http.Response, error) {
+				resp, _, err := r.do(ctx, http.MethodGet, next, http.Header{"Accept": {ocispec.MediaTypeImageIndex}})
+				return resp, err
+			})
 			if err != nil {
 				return err
 			}

@@ -205,8 +205,11 @@ func (r *repoClient) getManifest(ctx context.Context, tagOrDigest string, accept
 	err := func() error {
 		ctx, cancel := context.WithTimeout(ctx, r.c.opts.RequestTimeout)
 		defer cancel()
-		resp, _, err := r.do(ctx, http.MethodGet, r.url("manifests/"+tagOrDigest, nil),
-			http.Header{"Accept": {strings.Join(accept, ", ")}})
+		resp, err := awaitHeaders(r.c.opts.FirstByteTimeout, cancel, func() (*http.Response, error) {
+			resp, _, err := r.do(ctx, http.MethodGet, r.url("manifests/"+tagOrDigest, nil),
+				http.Header{"Accept": {strings.Join(accept, ", ")}})
+			return resp, err
+		})
 		if err != nil {
 			return err
 		}
@@ -289,7 +292,7 @@ func (c *Client) getBlob(ctx context.Context, repo reference.Named, dgst digest.
 		return c.onEndpoints(ctx, repo, pullActions, dgst.String(), "blob", func(ctx context.Context, rc *repoClient) error {
 			ctx, cancel := context.WithTimeout(ctx, c.opts.RequestTimeout)
 			defer cancel()
-			resp, err := b.get(ctx, rc, "")
+			resp, err := awaitHeaders(rc.firstByte, cancel, func() (*http.Response, error) { return b.get(ctx, rc, "") })
 			if err != nil {
 				return err
 			}

@@ -57,3 +57,13 @@ func (k kickingBody) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// awaitHeaders runs send, a request whose context is canceled by cancel,
+// and cancels it when no answer came within first (the body is then bounded
+// by the caller's deadline). A timeout is reported as errStalled (retried).
+func awaitHeaders[T any](first time.Duration, cancel context.CancelFunc, send func() (T, error)) (T, error) {
+	w := startWatchdog(first, first, cancel)
+	v, err := send()
+	w.stop()
+	return v, w.check(err)
+}

@@ -187,3 +187,31 @@ func TestProxyTunnelsCredentials(t *testing.T) {
 		t.Error("the proxy saw the credentials in clear")
 	}
 }
+
+// TestCertsDirInHome: without Options.CertsDir the client looks where
+// podman does, $HOME/.config/containers/certs.d/<host:port> first (rootless
+// podman's place).
+func TestCertsDirInHome(t *testing.T) {
+	ca := testenv.NewTestCA(t, "home-certs-test")
+	cfg, err := ca.ServerConfig(false, "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	content := testContent(3000)
+	srv := tlsBlobServer(t, content, cfg)
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	if _, err := ca.WriteCertsD(filepath.Join(home, ".config", "containers", "certs.d"), srv.host(), testenv.CertsDirOptions{CA: true}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewClient(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got, err := newBlob(t, c, srv.host()+"/ns/app", content).ReadRanges(context.Background(), []Range{{10, 100}})
+	if err != nil {
+		t.Fatalf("read with the CA in $HOME/.config/containers/certs.d: %v", err)
+	}
+	checkRanges(t, content, []Range{{10, 100}}, got)
+}

@@ -73,6 +73,7 @@ func (s *Store) layerStatus(l *layer) control.LayerStatus {
 		Views:          l.views,
 		Verified:       l.verified.Load(),
 		IndexSource:    l.source,
+		Endpoint:       servedBy(l.blobs),
 		ReadsServed:    l.reads.Load(),
 		ReadErrors:     l.readErrors.Load(),
 		FirstMountedAt: l.mounted.UTC().Format(time.RFC3339),

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containers/image/v5/docker/reference"
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/lazypull/lazypull/layerstore/control"
@@ -26,9 +27,14 @@ func TestStatusMoves(t *testing.T) {
 
 	lv := s.mustLookup(t, img.ref, l.digest)
 	st1, ls := s.status(t, l.digest)
+	named, err := reference.ParseNormalizedNamed(img.ref)
+	if err != nil {
+		t.Fatal(err)
+	}
 	wantLayer := control.LayerStatus{
 		Digest: l.digest.String(), Refs: []string{img.ref}, Size: int64(len(l.blob)),
 		Spans: z.openIndex(t).NumSpans(), Views: 1, Prefetch: "off", IndexSource: "local",
+		Endpoint: named.Name(), // the lookup read the gzip header from the registry
 	}
 	if ls == nil {
 		t.Fatal("layer not in status after lookup")

@@ -156,14 +156,19 @@ func open(cfg config.Config, opts Options, lock *rootLock) (*Store, error) {
 		return nil, err
 	}
 	client, err := remote.NewClient(remote.Options{
-		Version:            opts.Version,
-		Auth:               opts.Auth,
-		InsecureRegistries: cfg.Registry.Insecure,
-		RegistriesConf:     registriesConf(cfg.Registry.RegistriesConf),
-		RegistriesConfDir:  registriesConfDir(cfg.Registry.RegistriesConf),
-		Transport:          opts.Transport,
-		RequestTimeout:     time.Duration(cfg.Registry.RequestTimeout),
-		MaxAttempts:        cfg.Registry.MaxRetries + 1,
+		Version:                opts.Version,
+		Auth:                   opts.Auth,
+		Log:                    opts.Log.WithField("component", "registry"),
+		InsecureRegistries:     cfg.Registry.Insecure,
+		RegistriesConf:         cfg.Registry.RegistriesConf,
+		RegistriesConfDir:      registriesConfDir(cfg.Registry.RegistriesConf),
+		SystemRegistriesConf:   true, // podman's, when registries_conf is ""
+		CertsDir:               cfg.Registry.CertsDir,
+		MirrorFirstByteTimeout: time.Duration(cfg.Registry.MirrorFirstByteTimeout),
+		MirrorWarmup:           time.Duration(cfg.Registry.MirrorWarmup),
+		Transport:              opts.Transport,
+		RequestTimeout:         time.Duration(cfg.Registry.RequestTimeout),
+		MaxAttempts:            cfg.Registry.MaxRetries + 1,
 	})
 	if err != nil {
 		return nil, err
@@ -218,18 +223,11 @@ func open(cfg config.Config, opts Options, lock *rootLock) (*Store, error) {
 	return s, nil
 }
 
-// registriesConf returns the registries.conf path to read ("" = the system
-// default).
-func registriesConf(p string) string {
-	if p == "" {
-		return "/etc/containers/registries.conf"
-	}
-	return p
-}
-
+// registriesConfDir is the drop-in directory of registries_conf ("" for
+// podman's default).
 func registriesConfDir(p string) string {
 	if p == "" {
-		return "/etc/containers/registries.conf.d"
+		return ""
 	}
 	return p + ".d"
 }
@@ -489,6 +487,17 @@ func readAhead(b config.ByteSize) int64 {
 		return -1
 	}
 	return int64(b)
+}
+
+// servedBy names the registry endpoint that served the layer's last read,
+// from its most recently used source that has served one.
+func servedBy(blobs []blobSource) string {
+	for i := len(blobs) - 1; i >= 0; i-- {
+		if b, ok := blobs[i].(interface{ ServedBy() string }); ok && b.ServedBy() != "" {
+			return b.ServedBy()
+		}
+	}
+	return ""
 }
 
 // newLayer assembles a layer around an opened zTOC, with its span manager.

@@ -110,9 +110,13 @@ func runPull(ctx context.Context, g *globalFlags, f *pullFlags, name string, std
 		ArchitectureChoice: f.arch, OSChoice: f.os, VariantChoice: f.variant,
 		DockerRegistryUserAgent: "lazypull/" + version,
 	}
-	if err := environment.UpdateRegistriesConf(sys); err != nil { // CONTAINERS_REGISTRIES_CONF, like podman
+	// Reach registries as the daemon does: its registries.conf and certs.d.
+	if rc := cfg.Registry.RegistriesConf; rc != "" {
+		sys.SystemRegistriesConfPath, sys.SystemRegistriesConfDirPath = rc, rc+".d"
+	} else if err := environment.UpdateRegistriesConf(sys); err != nil { // CONTAINERS_REGISTRIES_CONF, like podman
 		return err
 	}
+	sys.DockerPerHostCertDirPath = cfg.Registry.CertsDir
 	if !f.tlsVerify {
 		sys.DockerInsecureSkipTLSVerify = types.NewOptionalBool(true)
 	}

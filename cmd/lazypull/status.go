@@ -62,14 +62,18 @@ func printStatus(w io.Writer, st *control.Status) {
 		return
 	}
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "LAYER\tSIZE\tCACHED\tFETCHED\tIN USE\tINDEX\tPREFETCH\tVERIFIED\tREFS")
+	fmt.Fprintln(tw, "LAYER\tSIZE\tCACHED\tFETCHED\tIN USE\tINDEX\tPREFETCH\tVERIFIED\tFROM\tREFS")
 	for _, l := range st.Layers {
 		verified := fmt.Sprint(l.Verified)
 		if l.Bad != "" {
 			verified = "BAD: " + l.Bad
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%d\t%s\t%s\t%s\t%v\n", shortDigest(l.Digest), size(l.Size), l.SpansCached, l.Spans,
-			size(l.BytesFetched), l.InUse, l.IndexSource, l.Prefetch, verified, l.Refs)
+		from := l.Endpoint
+		if from == "" {
+			from = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%d\t%s\t%s\t%s\t%s\t%v\n", shortDigest(l.Digest), size(l.Size), l.SpansCached, l.Spans,
+			size(l.BytesFetched), l.InUse, l.IndexSource, l.Prefetch, verified, from, l.Refs)
 	}
 	tw.Flush()
 }

@@ -70,16 +70,28 @@ type Config struct {
 	FUSE      FUSEConfig      `toml:"fuse"`
 }
 
-// RegistryConfig controls how registries are reached.
+// RegistryConfig controls how registries are reached: as podman reaches
+// them, through registries.conf (mirrors, location rewrites, blocked and
+// insecure registries), certs.d (private CAs, client certificates) and the
+// HTTPS_PROXY/HTTP_PROXY/NO_PROXY environment of the daemon.
 type RegistryConfig struct {
 	// Insecure lists registries ("host[:port]") reached without TLS
 	// verification, falling back to plain HTTP, in addition to those marked
 	// insecure in registries.conf. Default [].
 	Insecure []string `toml:"insecure"`
-	// RegistriesConf is the registries.conf consulted for insecure registries
-	// and credential helpers. Default "" (containers' system default,
-	// /etc/containers/registries.conf and registries.conf.d).
+	// RegistriesConf is the registries.conf (and, beside it,
+	// <registries_conf>.d) read for mirrors, location rewrites, blocked and
+	// insecure registries and credential helpers. Default "": the one podman
+	// reads ($CONTAINERS_REGISTRIES_CONF, else
+	// $HOME/.config/containers/registries.conf if it exists, else
+	// /etc/containers/registries.conf, with registries.conf.d).
 	RegistriesConf string `toml:"registries_conf"`
+	// CertsDir holds the TLS settings of registries, <certs_dir>/<host[:port]>/
+	// with *.crt CAs and *.cert/*.key client certificates
+	// (containers-certs.d(5)). Default "": podman's directories
+	// ($HOME/.config/containers/certs.d, /etc/containers/certs.d,
+	// /etc/docker/certs.d).
+	CertsDir string `toml:"certs_dir"`
 	// AuthFile, when set, is the only credentials file read (podman's
 	// --authfile). Default "" (podman's search order).
 	AuthFile string `toml:"auth_file"`
@@ -91,6 +103,16 @@ type RegistryConfig struct {
 	// ResolveCacheTTL is how long a resolved image (manifest and config) is
 	// reused for the lookups of its layers. Default "10s".
 	ResolveCacheTTL Duration `toml:"resolve_cache_ttl"`
+	// MirrorFirstByteTimeout is how long a registries.conf mirror may take to
+	// start answering a blob read: a pull-through cache may fetch the whole
+	// blob upstream first. Origins get 30s. Default "10m".
+	MirrorFirstByteTimeout Duration `toml:"mirror_first_byte_timeout"`
+	// MirrorWarmup is how long a mirror may answer range requests for a blob
+	// with the whole blob (HTTP 200), as distribution's pull-through cache
+	// does until it has stored the blob; its answers serve the reads
+	// meanwhile, and after that the mirror is skipped for the blob. "0s"
+	// skips such a mirror at once. Default "1m".
+	MirrorWarmup Duration `toml:"mirror_warmup"`
 }
 
 // IndexConfig controls which layers get a zTOC and how it is built.
@@ -205,10 +227,12 @@ func DefaultFor(root bool) Config {
 		Socket:     filepath.Join(rootDir, "lazypull.sock"),
 		LogLevel:   "info",
 		Registry: RegistryConfig{
-			Insecure:        []string{},
-			RequestTimeout:  Duration(60 * time.Second),
-			MaxRetries:      5,
-			ResolveCacheTTL: Duration(10 * time.Second),
+			Insecure:               []string{},
+			RequestTimeout:         Duration(60 * time.Second),
+			MaxRetries:             5,
+			ResolveCacheTTL:        Duration(10 * time.Second),
+			MirrorFirstByteTimeout: Duration(10 * time.Minute),
+			MirrorWarmup:           Duration(time.Minute),
 		},
 		Index: IndexConfig{
 			MinLayerSize: 10 << 20,
@@ -358,6 +382,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Registry.ResolveCacheTTL < 0 {
 		bad("registry.resolve_cache_ttl must not be negative")
+	}
+	if c.Registry.MirrorFirstByteTimeout <= 0 {
+		bad("registry.mirror_first_byte_timeout must be positive")
+	}
+	if c.Registry.MirrorWarmup < 0 {
+		bad("registry.mirror_warmup must not be negative")
+	}
+	if c.Registry.CertsDir != "" && !filepath.IsAbs(c.Registry.CertsDir) {
+		bad("registry.certs_dir must be an absolute path, got %q", c.Registry.CertsDir)
 	}
 	if c.Index.SpanSize < 64<<10 || c.Index.SpanSize > 1<<30 {
 		bad("index.span_size must be within 64KiB..1GiB, got %s", c.Index.SpanSize)

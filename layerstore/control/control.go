@@ -88,6 +88,7 @@ type LayerStatus struct {
 	Verified       bool     `json:"verified"`
 	Bad            string   `json:"bad,omitempty"` // why the layer was marked bad
 	IndexSource    string   `json:"index_source"`  // "local", "shared", "registry", "built"
+	Endpoint       string   `json:"endpoint"`      // repository (at a mirror or the origin) that served the last read
 	ReadsServed    int64    `json:"reads"`
 	ReadErrors     int64    `json:"read_errors"`
 	FirstMountedAt string   `json:"mounted_at"`

@@ -13,6 +13,7 @@ import (
 
 	"github.com/containers/image/v5/docker/reference"
 	digest "github.com/opencontainers/go-digest"
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -25,9 +26,14 @@ type Blob struct {
 	repo   reference.Named
 	digest digest.Digest
 	size   int64
+	// served is the endpoint that served the last read.
+	served atomic.Pointer[endpoint]
 }
 
-// Blob returns a reader for the blob dgst of size bytes in repo.
+// Blob returns a reader for the blob dgst of size bytes in repo. repo is
+// the image reference the blob belongs to (tag or digest included): it
+// decides, through registries.conf, which mirrors may serve the blob, as
+// the image's pull-from-mirror settings do for podman.
 func (c *Client) Blob(repo reference.Named, dgst digest.Digest, size int64) (*Blob, error) {
 	if err := dgst.Validate(); err != nil {
 		return nil, fmt.Errorf("blob %q: %w", dgst, ErrUnsupported)
@@ -43,6 +49,37 @@ func (b *Blob) Digest() digest.Digest { return b.digest }
 
 // Size is the blob's size in bytes.
 func (b *Blob) Size() int64 { return b.size }
+
+// ServedBy names the endpoint that served the last read, as the repository
+// there (e.g. "mirror.example.com:5000/library/alpine"); "" before any.
+func (b *Blob) ServedBy() string {
+	if ep := b.served.Load(); ep != nil {
+		return ep.name()
+	}
+	return ""
+}
+
+func (b *Blob) setServedBy(ep *endpoint) {
+	if b.served.Load() != ep {
+		b.served.Store(ep)
+	}
+}
+
+// RejectLastRead tells the Blob that bytes it returned did not verify (the
+// caller checks them against an index): if a mirror served the last read,
+// it is left out for this blob (Options.MirrorSkipTTL), so that the next
+// reads come from the next endpoint. Bytes from the primary location are
+// the registry's word; nothing changes then.
+func (b *Blob) RejectLastRead() {
+	ep := b.served.Load()
+	if ep == nil || !ep.mirror {
+		return
+	}
+	b.c.markFailed(ep, b.digest.String(), ErrDigestMismatch)
+	b.c.stats.mirrorFallbacks.Add(1)
+	b.c.log.WithFields(logrus.Fields{"mirror": ep.name(), "digest": b.digest.String(), "left_out_for": b.c.opts.MirrorSkipTTL.String() + " for this object"}).
+		Warn("Registry mirror served bytes that do not match the layer's index, skipping it for this blob")
+}
 
 // ReadRanges returns the bytes of each range, in the order given.
 //
@@ -129,39 +166,41 @@ func (c *Client) capsFor(host string) *rangeCaps {
 	return rc
 }
 
-// fetch fills every span, with retries.
+// fetch fills every span, with retries; each attempt asks the endpoints in
+// turn (mirrors first).
 func (b *Blob) fetch(ctx context.Context, spans []*span) error {
-	reg, err := b.c.registryFor(b.repo)
-	if err != nil {
-		return err
-	}
-	caps := b.c.capsFor(reg.host)
 	return b.c.retry(ctx, func(int) error {
-		for {
-			var pending []*span
-			for _, s := range spans {
-				if !s.done {
-					s.cover = s.cover[:0]
-					pending = append(pending, s)
+		return b.c.onEndpoints(ctx, b.repo, pullActions, b.digest.String(), "blob ranges", func(ctx context.Context, rc *repoClient) error {
+			caps := b.c.capsFor(rc.host)
+			for {
+				var pending []*span
+				for _, s := range spans {
+					if !s.done {
+						s.cover = s.cover[:0]
+						pending = append(pending, s)
+					}
+				}
+				if len(pending) == 0 {
+					b.setServedBy(rc.ep)
+					return nil
+				}
+				err := b.fetchPending(ctx, rc, caps, pending)
+				if errors.Is(err, errMultiRejected) {
+					if !caps.noMulti.Swap(true) {
+						b.c.stats.multiFallbacks.Add(1)
+					}
+					continue // again, with single ranges
+				}
+				if err != nil {
+					return err
 				}
 			}
-			if len(pending) == 0 {
-				return nil
-			}
-			err := b.fetchPending(ctx, caps, pending)
-			if errors.Is(err, errMultiRejected) {
-				if !caps.noMulti.Swap(true) {
-					b.c.stats.multiFallbacks.Add(1)
-				}
-				continue // again, with single ranges
-			}
-			return err
-		}
+		})
 	})
 }
 
 // fetchPending issues the requests for one attempt.
-func (b *Blob) fetchPending(ctx context.Context, caps *rangeCaps, pending []*span) error {
+func (b *Blob) fetchPending(ctx context.Context, rc *repoClient, caps *rangeCaps, pending []*span) error {
 	type request struct {
 		spans  []*span
 		header string
@@ -186,7 +225,7 @@ func (b *Blob) fetchPending(ctx context.Context, caps *rangeCaps, pending []*spa
 		}
 	}
 	if len(reqs) == 1 {
-		return b.fetchOne(ctx, caps, reqs[0].spans, reqs[0].header, reqs[0].multi)
+		return b.fetchOne(ctx, rc, caps, reqs[0].spans, reqs[0].header, reqs[0].multi)
 	}
 	// Every request runs to its end (no cancellation of siblings), so the
 	// spans that did arrive are kept for the next attempt.
@@ -195,7 +234,7 @@ func (b *Blob) fetchPending(ctx context.Context, caps *rangeCaps, pending []*spa
 	errs := make([]error, len(reqs))
 	for i, r := range reqs {
 		g.Go(func() error {
-			errs[i] = b.fetchOne(ctx, caps, r.spans, r.header, r.multi)
+			errs[i] = b.fetchOne(ctx, rc, caps, r.spans, r.header, r.multi)
 			return nil
 		})
 	}
@@ -215,30 +254,39 @@ func (b *Blob) fetchPending(ctx context.Context, caps *rangeCaps, pending []*spa
 
 // fetchOne sends one (possibly multi-) range request and copies the answer
 // into spans.
-func (b *Blob) fetchOne(ctx context.Context, caps *rangeCaps, spans []*span, header string, multi bool) error {
+func (b *Blob) fetchOne(ctx context.Context, rc *repoClient, caps *rangeCaps, spans []*span, header string, multi bool) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	wd := startWatchdog(b.c.opts.IdleTimeout, cancel)
+	wd := startWatchdog(rc.firstByte, b.c.opts.IdleTimeout, cancel)
 	defer wd.stop()
-	resp, err := b.get(ctx, header)
+	resp, err := b.get(ctx, rc, header)
 	if err != nil {
 		return wd.check(err)
 	}
+	wd.kick() // the answer has begun: from now on, IdleTimeout
 	defer resp.Body.Close()
 	resp.Body = kickingBody{ReadCloser: resp.Body, w: wd}
+	wholeAsked := len(spans) == 1 && spans[0].Offset == 0 && spans[0].Length == b.size
 	switch resp.StatusCode {
 	case http.StatusPartialContent:
 		caps.ignored.Store(false)
+		if rc.ep.mirror {
+			b.c.rangesServed(rc.ep, b.digest)
+		}
 		resp.Body = countBody(resp.Body, &b.c.stats.rangeBytes)
 		err = consumePartial(resp, spans, b.size)
 		if err == nil && anyUncovered(spans) {
 			err = fmt.Errorf("206 answer to %s does not cover it: %w", header, ErrInvalidResponse)
 		}
 	case http.StatusOK:
+		if !rc.last && !wholeAsked && !b.c.wholeBlobAllowed(rc.ep, b.digest) {
+			// A mirror that does not serve ranges: the next endpoint does.
+			return fmt.Errorf("GET %s with Range %s: %w", redactURL(resp.Request.URL), header, errRangesIgnored)
+		}
 		switch {
 		case multi:
 			caps.noMulti.Store(true)
-		case len(spans) == 1 && spans[0].Offset == 0 && spans[0].Length == b.size:
+		case wholeAsked:
 			// A 200 for a range covering the whole blob proves nothing.
 		default:
 			caps.ignored.Store(true)
@@ -266,13 +314,10 @@ func (b *Blob) fetchOne(ctx context.Context, caps *rangeCaps, spans []*span, hea
 	return wd.check(err)
 }
 
-// get sends a GET for the blob with the given Range header (may be empty),
-// through a cached redirect location when there is a fresh one.
-func (b *Blob) get(ctx context.Context, rangeValue string) (*http.Response, error) {
-	rc, err := b.c.repo(ctx, b.repo, pullActions)
-	if err != nil {
-		return nil, err
-	}
+// get sends a GET for the blob to rc's endpoint with the given Range header
+// (may be empty), through a cached redirect location when there is a fresh
+// one.
+func (b *Blob) get(ctx context.Context, rc *repoClient, rangeValue string) (*http.Response, error) {
 	header := http.Header{}
 	if rangeValue != "" {
 		header.Set("Range", rangeValue)

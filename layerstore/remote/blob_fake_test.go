@@ -651,20 +651,22 @@ func TestOpenResumes(t *testing.T) {
 	}
 }
 
-// TestReadRangesStalled: a connection that stops delivering (before the
-// headers, or in the body) is abandoned after IdleTimeout and retried.
+// TestReadRangesStalled: a connection that stops delivering is abandoned
+// and retried: before the headers after FirstByteTimeout, in the body after
+// IdleTimeout (the other timeout is an hour, so each case proves its own).
 func TestReadRangesStalled(t *testing.T) {
 	content := testContent(4096)
 	r := Range{100, 3000}
 	tests := []struct {
-		name  string
-		stall func(req *http.Request) (*http.Response, error)
+		name        string
+		first, idle time.Duration
+		stall       func(req *http.Request) (*http.Response, error)
 	}{
-		{"before headers", func(req *http.Request) (*http.Response, error) {
+		{"before headers", 300 * time.Millisecond, time.Hour, func(req *http.Request) (*http.Response, error) {
 			<-req.Context().Done()
 			return nil, req.Context().Err()
 		}},
-		{"in the body", func(req *http.Request) (*http.Response, error) {
+		{"in the body", time.Hour, 300 * time.Millisecond, func(req *http.Request) (*http.Response, error) {
 			resp := singleRange(req, content, r)
 			resp.Body = &stallBody{data: content[r.Offset : r.Offset+10], ctx: req.Context()}
 			return resp, nil
@@ -679,7 +681,7 @@ func TestReadRangesStalled(t *testing.T) {
 				}
 				return singleRange(req, content, r), nil
 			})
-			c := newFakeClient(t, rt, newFakeClock(), func(o *Options) { o.IdleTimeout = 300 * time.Millisecond })
+			c := newFakeClient(t, rt, newFakeClock(), func(o *Options) { o.FirstByteTimeout, o.IdleTimeout = tc.first, tc.idle })
 			got, err := newBlob(t, c, testRepo, content).ReadRanges(context.Background(), []Range{r})
 			if err != nil {
 				t.Fatalf("ReadRanges: %v", err)

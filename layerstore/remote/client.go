@@ -2,9 +2,9 @@ package remote
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -14,9 +14,11 @@ import (
 	"time"
 
 	"github.com/containers/image/v5/docker/reference"
+	"github.com/containers/image/v5/pkg/cli/environment"
 	"github.com/containers/image/v5/pkg/sysregistriesv2"
 	"github.com/containers/image/v5/types"
 	digest "github.com/opencontainers/go-digest"
+	"github.com/sirupsen/logrus"
 )
 
 // Options configure a Client. The zero value is usable: every field documents
@@ -27,33 +29,88 @@ type Options struct {
 	// Auth supplies the authorization per repository. Default
 	// AnonymousAuthFunc.
 	Auth AuthFunc
+	// Log receives a warning when a mirror fails and is left out, and debug
+	// lines about endpoint choices. Default: discarded.
+	Log *logrus.Entry
+
 	// InsecureRegistries are registries (host[:port] as written in image
 	// references, e.g. "127.0.0.1:5000") that are contacted over https
 	// without certificate verification, falling back to plain http, as
 	// podman does for `insecure = true`. Default none.
 	InsecureRegistries []string
-	// RegistriesConf is the path of a registries.conf(5) whose `insecure`
-	// and `blocked` settings apply in addition to InsecureRegistries.
-	// Default "": no registries.conf is read.
+	// RegistriesConf is the path of the registries.conf(5) that says how
+	// registries are reached, read with containers/image exactly as podman
+	// reads it: `blocked`, `insecure` (per registry and per mirror),
+	// `location` rewrites of prefixes and wildcard subdomains, and
+	// `[[registry.mirror]]` lists tried before the primary location (with
+	// `pull-from-mirror` and `mirror-by-digest-only`). Default "": see
+	// SystemRegistriesConf.
 	RegistriesConf string
 	// RegistriesConfDir is the registries.conf.d drop-in directory read
-	// with RegistriesConf. Default "": none.
+	// with RegistriesConf. Default "": none (with RegistriesConf set) or
+	// podman's (with SystemRegistriesConf).
 	RegistriesConfDir string
-	// Transport is the base transport under every request. Default: a
-	// clone of http.DefaultTransport with keep-alives, HTTP/2,
-	// MaxIdleConnsPerHost 32 and a 30 s response-header timeout, with
-	// certificate verification switched off for insecure registries only.
-	// When set, it is used as is for all hosts (tests inject fakes here).
+	// SystemRegistriesConf, when RegistriesConf is "", reads the
+	// registries.conf podman reads: $CONTAINERS_REGISTRIES_CONF, else
+	// $HOME/.config/containers/registries.conf if it exists, else
+	// /etc/containers/registries.conf, with the drop-in directories podman
+	// reads. Default false: no registries.conf at all.
+	SystemRegistriesConf bool
+	// CertsDir holds the TLS settings of registries as podman's certs.d
+	// directories do (containers-certs.d(5)): <CertsDir>/<host[:port]>/ with
+	// *.crt files (CAs trusted besides the system pool) and *.cert/*.key
+	// pairs (client certificates). Default "": podman's directories, the
+	// first of $HOME/.config/containers/certs.d/<host[:port]>,
+	// /etc/containers/certs.d/<host[:port]> and
+	// /etc/docker/certs.d/<host[:port]> that exists.
+	CertsDir string
+	// Proxy returns the HTTP proxy for a request, as http.Transport.Proxy.
+	// Default http.ProxyFromEnvironment: HTTPS_PROXY, HTTP_PROXY and
+	// NO_PROXY as podman reads them (https registries are reached through a
+	// CONNECT tunnel, so the proxy never sees credentials; localhost and
+	// loopback addresses are never proxied).
+	Proxy func(*http.Request) (*url.URL, error)
+	// DialContext opens connections to registries and proxies. Default: a
+	// net.Dialer with a 30 s timeout and keep-alives.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Transport, when set, carries every request, for every host, as is
+	// (tests inject fakes here); TLS settings and proxies are then its
+	// business. Default: the client's own transports, per host, with the
+	// TLS settings above.
 	Transport http.RoundTripper
+
 	// RequestTimeout bounds one request for a manifest, config, referrers
 	// list or small blob, body included. Default 2 minutes.
 	RequestTimeout time.Duration
+	// FirstByteTimeout aborts a blob read when the registry has not
+	// answered (headers) within it; then it is retried. Default 30 seconds.
+	FirstByteTimeout time.Duration
 	// IdleTimeout aborts a blob range read or stream when no byte arrives
 	// for this long (then it is retried or resumed); such reads have no
 	// total timeout. Default 60 seconds.
 	IdleTimeout time.Duration
+	// MirrorFirstByteTimeout is FirstByteTimeout for mirrors: a pull-through
+	// cache may download a whole blob from upstream before it answers.
+	// Default 10 minutes.
+	MirrorFirstByteTimeout time.Duration
+	// MirrorWarmup is how long a mirror may answer range requests for a blob
+	// with the whole blob (200), as distribution's pull-through cache does
+	// until it has stored the blob; meanwhile such answers serve the reads.
+	// After that the mirror is left out for that blob (see MirrorSkipTTL).
+	// Default 0: such a mirror is left out at its first whole-blob answer.
+	MirrorWarmup time.Duration
+	// MirrorRetryAfter is how long a mirror that failed as a whole
+	// (unreachable, TLS, timeouts, 5xx, refused credentials) is left out
+	// before it is tried again. Default 30 seconds.
+	MirrorRetryAfter time.Duration
+	// MirrorSkipTTL is how long a mirror that failed for one blob or
+	// manifest (not found, wrong data, ranges not served) is left out for
+	// it. Default 10 minutes.
+	MirrorSkipTTL time.Duration
+
 	// MaxAttempts is the number of attempts per operation, retries
-	// included. Default 5.
+	// included; an attempt tries the mirrors once each, then the primary
+	// location. Default 5.
 	MaxAttempts int
 	// BackoffBase is the delay before the first retry; it doubles with each
 	// further retry (with jitter) up to BackoffMax. Defaults 200 ms and 10 s.
@@ -122,12 +179,30 @@ func (o *Options) setDefaults() {
 	if o.Auth == nil {
 		o.Auth = AnonymousAuthFunc
 	}
+	if o.Log == nil {
+		l := logrus.New()
+		l.SetOutput(io.Discard)
+		o.Log = logrus.NewEntry(l)
+	}
+	if o.Proxy == nil {
+		o.Proxy = http.ProxyFromEnvironment
+	}
+	if o.DialContext == nil {
+		o.DialContext = defaultDialer.DialContext
+	}
 	def(&o.RequestTimeout, 2*time.Minute)
+	def(&o.FirstByteTimeout, 30*time.Second)
 	def(&o.IdleTimeout, time.Minute)
+	def(&o.MirrorFirstByteTimeout, 10*time.Minute)
+	def(&o.MirrorRetryAfter, 30*time.Second)
+	def(&o.MirrorSkipTTL, 10*time.Minute)
 	def(&o.BackoffBase, 200*time.Millisecond)
 	def(&o.BackoffMax, 10*time.Second)
 	def(&o.MaxRetryAfter, time.Minute)
 	def(&o.RedirectTTL, 15*time.Minute)
+	if o.MirrorWarmup < 0 {
+		o.MirrorWarmup = 0
+	}
 	if o.MaxAttempts <= 0 {
 		o.MaxAttempts = 5
 	}
@@ -151,200 +226,135 @@ func (o *Options) setDefaults() {
 	}
 }
 
-// Client talks to OCI distribution registries. It is safe for concurrent
-// use; create one per process and share it.
+// noDropIns is a drop-in directory that cannot exist: with it, no drop-ins
+// are read.
+const noDropIns = "/nonexistent/lazypull-registries.conf.d"
+
+// Client talks to OCI distribution registries, reaching them as podman
+// does: through the mirrors and rewrites of registries.conf, with the TLS
+// settings of certs.d and the proxies of the environment. It is safe for
+// concurrent use; create one per process and share it.
 type Client struct {
 	opts      Options
+	log       *logrus.Entry
 	userAgent string
-	base      http.RoundTripper // routes to secure or insecure TLS transports
 	noFollow  func(*http.Request, []*http.Request) error
-	sys       *types.SystemContext // nil unless RegistriesConf is set
+	sys       *types.SystemContext // nil when no registries.conf is read
 	stats     counters
+	health    endpointHealth
+
+	insecureOnce  sync.Once
+	insecureHosts map[string]bool // hosts marked insecure in registries.conf
 
 	// mu guards the maps below.
-	mu         sync.Mutex
-	registries map[string]*registry  // by reference domain
-	auths      map[string]Auth       // by image reference + actions
-	locations  map[string]location   // blob redirect targets, by host/repo@digest
-	insecure   map[string]bool       // hosts contacted without TLS verification
-	caps       map[string]*rangeCaps // range capabilities by registry host
-	transports []*http.Transport     // to close idle connections on Close
+	mu            sync.Mutex
+	endpointCache map[string][]*endpoint // by image reference
+	schemes       map[string]*hostScheme // by host and TLS setting
+	auths         map[string]Auth        // by endpoint reference + actions
+	locations     map[string]location    // blob redirect targets, by host/repo@digest
+	caps          map[string]*rangeCaps  // range capabilities by registry host
+	transports    map[transportKey]*http.Transport
 }
 
-// NewClient returns a client configured by opts.
+// NewClient returns a client configured by opts. It reads and checks the
+// registries.conf at once.
 func NewClient(opts Options) (*Client, error) {
 	opts.setDefaults()
 	c := &Client{
-		opts:       opts,
-		userAgent:  "lazypull/" + opts.Version,
-		noFollow:   func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		registries: map[string]*registry{},
-		auths:      map[string]Auth{},
-		locations:  map[string]location{},
-		insecure:   map[string]bool{},
-		caps:       map[string]*rangeCaps{},
+		opts:          opts,
+		log:           opts.Log,
+		userAgent:     "lazypull/" + opts.Version,
+		noFollow:      func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		endpointCache: map[string][]*endpoint{},
+		schemes:       map[string]*hostScheme{},
+		auths:         map[string]Auth{},
+		locations:     map[string]location{},
+		caps:          map[string]*rangeCaps{},
+		transports:    map[transportKey]*http.Transport{},
+		health: endpointHealth{down: map[string]time.Time{}, skip: map[string]time.Time{},
+			whole: map[string]time.Time{}},
 	}
-	if opts.RegistriesConf != "" {
+	switch {
+	case opts.RegistriesConf != "":
 		c.sys = &types.SystemContext{
 			SystemRegistriesConfPath:    opts.RegistriesConf,
 			SystemRegistriesConfDirPath: opts.RegistriesConfDir,
 		}
 		if opts.RegistriesConfDir == "" {
-			// A directory that cannot exist: read no drop-ins.
-			c.sys.SystemRegistriesConfDirPath = "/nonexistent/lazypull-registries.conf.d"
+			c.sys.SystemRegistriesConfDirPath = noDropIns
 		}
-		if _, err := sysregistriesv2.FindRegistry(c.sys, "localhost"); err != nil { // load and check it now
-			return nil, fmt.Errorf("registry client: load %s: %w", opts.RegistriesConf, err)
+	case opts.SystemRegistriesConf:
+		c.sys = &types.SystemContext{SystemRegistriesConfDirPath: opts.RegistriesConfDir}
+		if err := environment.UpdateRegistriesConf(c.sys); err != nil { // CONTAINERS_REGISTRIES_CONF
+			return nil, fmt.Errorf("registry client: %w", err)
 		}
 	}
-	if opts.Transport != nil {
-		c.base = opts.Transport
-	} else {
-		secure := newTransport(false)
-		insecure := newTransport(true)
-		c.transports = []*http.Transport{secure, insecure}
-		c.base = &hostRouter{c: c, secure: secure, insecure: insecure}
+	if c.sys != nil {
+		if _, err := sysregistriesv2.GetRegistries(c.sys); err != nil { // load and check it now
+			return nil, fmt.Errorf("registry client: load %s: %w", sysregistriesv2.ConfigurationSourceDescription(c.sys), err)
+		}
 	}
 	return c, nil
 }
 
 // Close releases idle connections. In-flight requests are not affected.
 func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	for _, t := range c.transports {
 		t.CloseIdleConnections()
 	}
 	return nil
 }
 
-// BaseTransport is the transport the client sends requests through (what
-// AuthFunc receives as base).
-func (c *Client) BaseTransport() http.RoundTripper { return c.base }
-
-func newTransport(skipVerify bool) *http.Transport {
-	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.DialContext = (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
-	t.ForceAttemptHTTP2 = true
-	t.MaxIdleConns = 256
-	t.MaxIdleConnsPerHost = 32
-	t.IdleConnTimeout = 90 * time.Second
-	t.TLSHandshakeTimeout = 15 * time.Second
-	t.ResponseHeaderTimeout = 30 * time.Second
-	t.ExpectContinueTimeout = time.Second
-	if skipVerify {
-		t.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // registries marked insecure by the user
-	}
-	return t
-}
-
-// hostRouter sends requests for insecure hosts through the transport that
-// skips certificate verification.
-type hostRouter struct {
-	c                *Client
-	secure, insecure http.RoundTripper
-}
-
-func (h *hostRouter) RoundTrip(req *http.Request) (*http.Response, error) {
-	h.c.mu.Lock()
-	insecure := h.c.insecure[req.URL.Host]
-	h.c.mu.Unlock()
-	if insecure {
-		return h.insecure.RoundTrip(req)
-	}
-	return h.secure.RoundTrip(req)
-}
-
-// registry is what the client knows about one registry endpoint.
-type registry struct {
-	host     string // endpoint host[:port]
-	insecure bool
-
-	// mu guards scheme.
+// hostScheme is the URL scheme of an endpoint host, once known.
+type hostScheme struct {
 	mu     sync.Mutex
 	scheme string // "" until known
 }
 
-// endpointHost maps a reference domain to the host serving its API.
-func endpointHost(domain string) string {
-	if domain == "docker.io" {
-		return "registry-1.docker.io"
-	}
-	return domain
-}
-
-// registryFor returns the registry state for ref's domain.
-func (c *Client) registryFor(ref reference.Named) (*registry, error) {
-	domain := reference.Domain(ref)
-	c.mu.Lock()
-	r, ok := c.registries[domain]
-	c.mu.Unlock()
-	if ok {
-		return r, nil
-	}
-	insecure := false
-	for _, h := range c.opts.InsecureRegistries {
-		if strings.EqualFold(h, domain) {
-			insecure = true
-		}
-	}
-	if c.sys != nil {
-		reg, err := sysregistriesv2.FindRegistry(c.sys, ref.Name())
-		if err != nil {
-			return nil, fmt.Errorf("registries.conf: %w", err)
-		}
-		if reg != nil {
-			if reg.Blocked {
-				return nil, fmt.Errorf("%s: %w by %s", domain, ErrBlocked, c.opts.RegistriesConf)
-			}
-			insecure = insecure || reg.Insecure
-		}
-	}
-	r = &registry{host: endpointHost(domain), insecure: insecure}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if prev, ok := c.registries[domain]; ok {
-		return prev, nil
-	}
-	c.registries[domain] = r
-	if insecure {
-		c.insecure[r.host] = true
-	}
-	return r, nil
-}
-
-// schemeFor returns the URL scheme of r: https, or for insecure registries
+// schemeFor returns the URL scheme of ep: https, or for insecure endpoints
 // whatever answers a ping first (https without verification, then http).
-func (c *Client) schemeFor(ctx context.Context, r *registry) (string, error) {
-	if !r.insecure {
+func (c *Client) schemeFor(ctx context.Context, ep *endpoint) (string, error) {
+	if !ep.insecure {
 		return "https", nil
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.scheme != "" {
-		return r.scheme, nil
+	key := ep.host + "|insecure"
+	c.mu.Lock()
+	hs, ok := c.schemes[key]
+	if !ok {
+		hs = &hostScheme{}
+		c.schemes[key] = hs
+	}
+	c.mu.Unlock()
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	if hs.scheme != "" {
+		return hs.scheme, nil
 	}
 	var errs []error
 	for _, scheme := range []string{"https", "http"} {
-		if err := c.ping(ctx, scheme, r.host); err != nil {
+		if err := c.ping(ctx, ep, scheme); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		r.scheme = scheme
+		hs.scheme = scheme
 		return scheme, nil
 	}
-	return "", fmt.Errorf("ping registry %s: %w", r.host, errors.Join(errs...))
+	return "", fmt.Errorf("ping registry %s: %w", ep.host, errors.Join(errs...))
 }
 
-func (c *Client) ping(ctx context.Context, scheme, host string) error {
+func (c *Client) ping(ctx context.Context, ep *endpoint, scheme string) error {
 	ctx, cancel := context.WithTimeout(ctx, c.opts.RequestTimeout)
 	defer cancel()
-	u := &url.URL{Scheme: scheme, Host: host, Path: "/v2/"}
+	u := &url.URL{Scheme: scheme, Host: ep.host, Path: "/v2/"}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return err
 	}
 	req.Header.Set("User-Agent", c.userAgent)
 	c.stats.requests.Add(1)
-	resp, err := (&http.Client{Transport: c.base, CheckRedirect: c.noFollow}).Do(req)
+	resp, err := (&http.Client{Transport: c.baseFor(ep), CheckRedirect: c.noFollow}).Do(req)
 	if err != nil {
 		return redactError(err)
 	}
@@ -352,10 +362,21 @@ func (c *Client) ping(ctx context.Context, scheme, host string) error {
 	return nil // any HTTP answer shows that the scheme works
 }
 
-// authFor returns the (cached) Auth for ref and actions. The AuthFunc gets
-// the whole reference, tag or digest included: credentials podman handed
-// over are valid for exactly that reference (authbridge.Manager.Handover).
-func (c *Client) authFor(ref reference.Named, actions []string) (Auth, error) {
+// baseFor is the transport of ep's requests: Options.Transport when set.
+func (c *Client) baseFor(ep *endpoint) http.RoundTripper {
+	if c.opts.Transport != nil {
+		return c.opts.Transport
+	}
+	return ep.base
+}
+
+// authFor returns the (cached) Auth for ep and actions. The AuthFunc gets
+// the endpoint's whole reference, tag or digest included: credentials podman
+// handed over are valid for exactly that reference
+// (authbridge.Manager.Handover), and a mirror's credentials are looked up for
+// the mirror's reference, as podman does.
+func (c *Client) authFor(ep *endpoint, actions []string) (Auth, error) {
+	ref := ep.ref
 	key := ref.String() + "|" + strings.Join(actions, ",")
 	c.mu.Lock()
 	a, ok := c.auths[key]
@@ -363,7 +384,7 @@ func (c *Client) authFor(ref reference.Named, actions []string) (Auth, error) {
 	if ok {
 		return a, nil
 	}
-	a, err := c.opts.Auth(ref, actions, c.base)
+	a, err := c.opts.Auth(ref, actions, c.baseFor(ep))
 	if err != nil {
 		return nil, fmt.Errorf("authorize %s for %s: %w", ref.Name(), strings.Join(actions, ","), err)
 	}
@@ -384,55 +405,99 @@ var (
 	pullPushActions = []string{"pull", "push"}
 )
 
-// repoClient sends requests about one repository.
+// repoClient sends requests about one repository at one endpoint.
 type repoClient struct {
 	c      *Client
-	ref    reference.Named
+	ep     *endpoint
 	host   string // registry endpoint host
 	scheme string
 	name   string // repository path, e.g. library/alpine
 	auth   Auth
+	// firstByte bounds the wait for the answer to a blob read.
+	firstByte time.Duration
+	// last: no other endpoint follows (a whole-blob answer to a range
+	// request is then used however long it lasts).
+	last bool
 }
 
-func (c *Client) repo(ctx context.Context, ref reference.Named, actions []string) (*repoClient, error) {
-	r, err := c.registryFor(ref)
+// repoOn returns the repoClient for ep; last says whether ep is the last
+// endpoint tried.
+func (c *Client) repoOn(ctx context.Context, ep *endpoint, actions []string, last bool) (*repoClient, error) {
+	scheme, err := c.schemeFor(ctx, ep)
 	if err != nil {
 		return nil, err
 	}
-	scheme, err := c.schemeFor(ctx, r)
+	a, err := c.authFor(ep, actions)
 	if err != nil {
 		return nil, err
 	}
-	a, err := c.authFor(ref, actions)
-	if err != nil {
-		return nil, err
+	rc := &repoClient{c: c, ep: ep, host: ep.host, scheme: scheme, name: reference.Path(ep.ref), auth: a,
+		firstByte: c.opts.FirstByteTimeout, last: last}
+	if ep.mirror {
+		rc.firstByte = c.opts.MirrorFirstByteTimeout
 	}
-	return &repoClient{c: c, ref: ref, host: r.host, scheme: scheme, name: reference.Path(ref), auth: a}, nil
+	return rc, nil
 }
 
-// EnsureFresh asks the Auth of ref (pull) to keep its credentials valid for
-// at least minValidity; call it before background batches of reads.
+// pushRepo returns the repoClient for pushing to ref.
+func (c *Client) pushRepo(ctx context.Context, ref reference.Named) (*repoClient, error) {
+	ep, err := c.pushEndpoint(ref)
+	if err != nil {
+		return nil, err
+	}
+	return c.repoOn(ctx, ep, pullPushActions, true)
+}
+
+// EnsureFresh asks the Auths of ref (pull) to keep their credentials valid
+// for at least minValidity; call it before background batches of reads. It
+// refreshes every endpoint reads may go to (the mirrors not left out, and
+// the primary location) and fails only when none could be refreshed.
 func (c *Client) EnsureFresh(ctx context.Context, ref reference.Named, minValidity time.Duration) error {
-	a, err := c.authFor(ref, pullActions)
+	eps, err := c.endpoints(ref)
 	if err != nil {
 		return err
 	}
-	if err := a.EnsureFresh(ctx, minValidity); err != nil {
-		return fmt.Errorf("refresh credentials for %s: %w", ref.Name(), err)
+	var (
+		errs  []error
+		tried int
+	)
+	for i, ep := range eps {
+		if i < len(eps)-1 && !c.usable(ep, "") {
+			continue
+		}
+		tried++
+		a, err := c.authFor(ep, pullActions)
+		if err == nil {
+			err = a.EnsureFresh(ctx, minValidity)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("refresh credentials for %s: %w", ep.name(), err))
+		}
+	}
+	if len(errs) == tried {
+		return errors.Join(errs...)
 	}
 	return nil
 }
 
 // Reauthenticate makes the next pull request about ref prove access with
-// the credentials as they are now, if its Auth is a Reauthenticator (see
-// there); call it before resolving an image for a new consumer.
+// the credentials as they are now, at every endpoint, if its Auth is a
+// Reauthenticator (see there); call it before resolving an image for a new
+// consumer.
 func (c *Client) Reauthenticate(ref reference.Named) error {
-	a, err := c.authFor(reference.TagNameOnly(ref), pullActions)
+	ref = reference.TagNameOnly(ref)
+	eps, err := c.endpoints(ref)
 	if err != nil {
 		return err
 	}
-	if r, ok := a.(Reauthenticator); ok {
-		r.Reauthenticate()
+	for _, ep := range eps {
+		a, err := c.authFor(ep, pullActions)
+		if err != nil {
+			return err
+		}
+		if r, ok := a.(Reauthenticator); ok {
+			r.Reauthenticate()
+		}
 	}
 	return nil
 }
@@ -452,7 +517,7 @@ func (r *repoClient) url(path string, query url.Values) *url.URL {
 // Authorization ever leaves the registry host.
 func (r *repoClient) send(req *http.Request) (*http.Response, error) {
 	req.Header.Set("User-Agent", r.c.userAgent)
-	var rt http.RoundTripper = r.c.base
+	rt := r.c.baseFor(r.ep)
 	if req.URL.Host == r.host && req.URL.Scheme == r.scheme {
 		rt = r.auth
 	}
@@ -472,7 +537,10 @@ const maxRedirects = 10
 
 // do sends method to u with header and follows redirects of GET and HEAD
 // requests. It returns the final response and whether a redirect was
-// followed (then resp.Request.URL is the final location).
+// followed (then resp.Request.URL is the final location). A redirect never
+// lowers security: the target host gets its own TLS settings (verified,
+// unless that host itself is configured insecure), and a redirect from https
+// to plain http is refused unless the target is configured insecure.
 func (r *repoClient) do(ctx context.Context, method string, u *url.URL, header http.Header) (*http.Response, bool, error) {
 	redirected := false
 	for hop := 0; ; hop++ {
@@ -497,8 +565,9 @@ func (r *repoClient) do(ctx context.Context, method string, u *url.URL, header h
 		if hop >= maxRedirects {
 			return nil, false, fmt.Errorf("%s %s: more than %d redirects: %w", method, redactURL(u), maxRedirects, ErrInvalidResponse)
 		}
-		if r.c.isInsecureHost(u.Host) {
-			r.c.markInsecure(next.Host)
+		if u.Scheme == "https" && next.Scheme == "http" && !r.c.configuredInsecure(next.Host) {
+			return nil, false, fmt.Errorf("%s %s: redirect from https to plain http %s refused: %w",
+				method, redactURL(u), redactURL(next), ErrInsecureRedirect)
 		}
 		u, redirected = next, true
 	}
@@ -530,20 +599,6 @@ func redirectTarget(resp *http.Response) (*url.URL, error) {
 	return next, nil
 }
 
-func (c *Client) isInsecureHost(host string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.insecure[host]
-}
-
-// markInsecure extends an insecure registry's TLS setting to the hosts it
-// redirects to, like podman's per-registry HTTP client.
-func (c *Client) markInsecure(host string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.insecure[host] = true
-}
-
 // verifyDigest checks that data hashes to want.
 func verifyDigest(data []byte, want digest.Digest) error {
 	if err := want.Validate(); err != nil {
@@ -568,6 +623,7 @@ func (c *Client) platformContext() *types.SystemContext {
 type counters struct {
 	requests, manifestBytes, rangeBytes, fullBytes, pushBytes atomic.Int64
 	retries, redirects, reResolves, errors, multiFallbacks    atomic.Int64
+	mirrorFallbacks                                           atomic.Int64
 }
 
 // Stats is a snapshot of a client's counters since it was created.
@@ -597,6 +653,9 @@ type Stats struct {
 	// MultiRangeFallbacks counts registries found not to support
 	// multi-range requests.
 	MultiRangeFallbacks int64
+	// MirrorFallbacks counts requests a mirror failed, so that the next
+	// endpoint (another mirror or the primary location) was asked.
+	MirrorFallbacks int64
 }
 
 // Stats returns a snapshot of the counters.
@@ -613,5 +672,6 @@ func (c *Client) Stats() Stats {
 		RedirectReResolves:  s.reResolves.Load(),
 		Errors:              s.errors.Load(),
 		MultiRangeFallbacks: s.multiFallbacks.Load(),
+		MirrorFallbacks:     s.mirrorFallbacks.Load(),
 	}
 }

@@ -37,8 +37,12 @@ var (
 	ErrTooLarge = errors.New("content too large")
 	// ErrInvalidRange: a requested range lies outside the blob.
 	ErrInvalidRange = errors.New("invalid range")
-	// ErrBlocked: registries.conf marks the registry `blocked = true`.
+	// ErrBlocked: registries.conf marks the registry `blocked = true` (the
+	// error is a *BlockedError).
 	ErrBlocked = errors.New("registry is blocked")
+	// ErrInsecureRedirect: a registry redirected an https request to plain
+	// http on a host not configured insecure.
+	ErrInsecureRedirect = errors.New("redirect to an insecure location")
 )
 
 // ErrorDetail is one entry of the `errors` array of a registry error body

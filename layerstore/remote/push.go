@@ -67,7 +67,7 @@ func (c *Client) pushBlob(ctx context.Context, repo reference.Named, dgst digest
 	if size < 0 {
 		return fmt.Errorf("negative size %d: %w", size, ErrInvalidRange)
 	}
-	rc, err := c.repo(ctx, repo, pullPushActions)
+	rc, err := c.pushRepo(ctx, repo)
 	if err != nil {
 		return err
 	}
@@ -166,7 +166,7 @@ func (c *Client) putManifest(ctx context.Context, repo reference.Named, tagOrDig
 		}
 		dgst = want
 	}
-	rc, err := c.repo(ctx, repo, pullPushActions)
+	rc, err := c.pushRepo(ctx, repo)
 	if err != nil {
 		return "", nil, err
 	}
@@ -239,19 +239,32 @@ func (c *Client) pushReferrer(ctx context.Context, repo reference.Named, mediaTy
 	if header.Get("OCI-Subject") == m.Subject.Digest.String() {
 		return desc, nil
 	}
-	rc, err := c.repo(ctx, repo, pullPushActions)
+	rc, err := c.pushRepo(ctx, repo)
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
 	// Some registries implement the API without announcing it.
-	listed, supported, err := rc.referrersAPI(ctx, m.Subject.Digest, "")
+	var (
+		listed    []ocispec.Descriptor
+		supported bool
+	)
+	err = c.retry(ctx, func(int) error {
+		var err error
+		listed, supported, err = rc.referrersAPI(ctx, m.Subject.Digest, "")
+		return err
+	})
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
 	if supported && slices.ContainsFunc(listed, func(d ocispec.Descriptor) bool { return d.Digest == desc.Digest }) {
 		return desc, nil
 	}
-	index, _, err := rc.getReferrersTag(ctx, m.Subject.Digest)
+	var index *ocispec.Index
+	err = c.retry(ctx, func(int) error {
+		var err error
+		index, _, err = rc.getReferrersTag(ctx, m.Subject.Digest)
+		return err
+	})
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}

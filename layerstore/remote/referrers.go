@@ -37,18 +37,21 @@ func (c *Client) referrers(ctx context.Context, repo reference.Named, subject di
 	if err := subject.Validate(); err != nil {
 		return nil, fmt.Errorf("subject %q: %w", subject, ErrUnsupported)
 	}
-	rc, err := c.repo(ctx, repo, pullActions)
+	var descs []ocispec.Descriptor
+	err := c.retry(ctx, func(int) error {
+		return c.onEndpoints(ctx, repo, pullActions, "referrers/"+subject.String(), "referrers", func(ctx context.Context, rc *repoClient) error {
+			var err error
+			descs, err = rc.referrers(ctx, subject, artifactType)
+			if err == nil && len(descs) == 0 && !rc.last {
+				// A mirror may simply not have them (not every mirror
+				// proxies referrers): the primary location has the last word.
+				return fmt.Errorf("no referrers of %s at the mirror: %w", subject, ErrNotFound)
+			}
+			return err
+		})
+	})
 	if err != nil {
 		return nil, err
-	}
-	descs, supported, err := rc.referrersAPI(ctx, subject, artifactType)
-	if err != nil {
-		return nil, err
-	}
-	if !supported {
-		if descs, err = rc.referrersTagIndex(ctx, subject); err != nil {
-			return nil, err
-		}
 	}
 	out := []ocispec.Descriptor{}
 	for _, d := range descs {
@@ -59,8 +62,22 @@ func (c *Client) referrers(ctx context.Context, repo reference.Named, subject di
 	return out, nil
 }
 
+// referrers does one attempt to list the referrers of subject at r: the
+// referrers API, else the referrers tag.
+func (r *repoClient) referrers(ctx context.Context, subject digest.Digest, artifactType string) ([]ocispec.Descriptor, error) {
+	descs, supported, err := r.referrersAPI(ctx, subject, artifactType)
+	if err != nil {
+		return nil, err
+	}
+	if !supported {
+		return r.referrersTagIndex(ctx, subject)
+	}
+	return descs, nil
+}
+
 // referrersAPI queries GET /v2/<name>/referrers/<digest>, following
-// pagination. supported is false when the registry lacks the API.
+// pagination, one attempt per page. supported is false when the registry
+// lacks the API.
 func (r *repoClient) referrersAPI(ctx context.Context, subject digest.Digest, artifactType string) (descs []ocispec.Descriptor, supported bool, err error) {
 	var q url.Values
 	if artifactType != "" {
@@ -76,10 +93,13 @@ func (r *repoClient) referrersAPI(ctx context.Context, subject digest.Digest, ar
 			link  *url.URL
 			noAPI bool
 		)
-		err := r.c.retry(ctx, func(int) error {
+		err := func() error {
 			ctx, cancel := context.WithTimeout(ctx, r.c.opts.RequestTimeout)
 			defer cancel()
-			resp, _, err := r.do(ctx, http.MethodGet, next, http.Header{"Accept": {ocispec.MediaTypeImageIndex}})
+			resp, err := awaitHeaders(r.c.opts.FirstByteTimeout, cancel, func() (*http.Response, error) {
+				resp, _, err := r.do(ctx, http.MethodGet, next, http.Header{"Accept": {ocispec.MediaTypeImageIndex}})
+				return resp, err
+			})
 			if err != nil {
 				return err
 			}
@@ -105,7 +125,7 @@ func (r *repoClient) referrersAPI(ctx context.Context, subject digest.Digest, ar
 			}
 			link = nextLink(resp)
 			return nil
-		})
+		}()
 		if err != nil {
 			return nil, false, err
 		}

@@ -78,11 +78,7 @@ func (c *Client) Resolve(ctx context.Context, ref reference.Named) (*Image, erro
 }
 
 func (c *Client) resolve(ctx context.Context, ref reference.Named, tagOrDigest string) (*Image, error) {
-	rc, err := c.repo(ctx, ref, pullActions)
-	if err != nil {
-		return nil, err
-	}
-	desc, data, err := rc.getManifest(ctx, tagOrDigest, append(append([]string(nil), imageManifestTypes...), listTypes...))
+	desc, data, err := c.getManifest(ctx, ref, tagOrDigest, append(append([]string(nil), imageManifestTypes...), listTypes...))
 	if err != nil {
 		return nil, err
 	}
@@ -97,7 +93,7 @@ func (c *Client) resolve(ctx context.Context, ref reference.Named, tagOrDigest s
 			return nil, fmt.Errorf("manifest list %s: %w (%w)", desc.Digest, ErrNotFound, err)
 		}
 		img.IndexDigest, img.Index = desc.Digest, data
-		if desc, data, err = rc.getManifest(ctx, instance.String(), imageManifestTypes); err != nil {
+		if desc, data, err = c.getManifest(ctx, ref, instance.String(), imageManifestTypes); err != nil {
 			return nil, err
 		}
 		if manifest.MIMETypeIsMultiImage(desc.MediaType) {
@@ -166,17 +162,35 @@ func (c *Client) resolve(ctx context.Context, ref reference.Named, tagOrDigest s
 // when tagOrDigest is a digest); its media type comes from Content-Type, or
 // from the content when the registry sends none.
 func (c *Client) GetManifest(ctx context.Context, repo reference.Named, tagOrDigest string) (ocispec.Descriptor, []byte, error) {
-	rc, err := c.repo(ctx, repo, pullActions)
-	if err != nil {
-		return ocispec.Descriptor{}, nil, fmt.Errorf("get manifest %s of %s: %w", tagOrDigest, repo.Name(), err)
-	}
-	desc, data, err := rc.getManifest(ctx, tagOrDigest, append(append([]string(nil), imageManifestTypes...), listTypes...))
+	desc, data, err := c.getManifest(ctx, repo, tagOrDigest, append(append([]string(nil), imageManifestTypes...), listTypes...))
 	if err != nil {
 		return ocispec.Descriptor{}, nil, fmt.Errorf("get manifest %s of %s: %w", tagOrDigest, repo.Name(), err)
 	}
 	return desc, data, nil
 }
 
+// getManifest fetches manifest tagOrDigest of ref's repository from ref's
+// endpoints (mirrors first), with retries.
+func (c *Client) getManifest(ctx context.Context, ref reference.Named, tagOrDigest string, accept []string) (ocispec.Descriptor, []byte, error) {
+	var (
+		desc ocispec.Descriptor
+		data []byte
+	)
+	key := "" // a tag's failures are not remembered
+	if strings.Contains(tagOrDigest, ":") {
+		key = tagOrDigest
+	}
+	err := c.retry(ctx, func(int) error {
+		return c.onEndpoints(ctx, ref, pullActions, key, "manifest "+tagOrDigest, func(ctx context.Context, rc *repoClient) error {
+			var err error
+			desc, data, err = rc.getManifest(ctx, tagOrDigest, accept)
+			return err
+		})
+	})
+	return desc, data, err
+}
+
+// getManifest does one attempt to fetch manifest tagOrDigest from r.
 func (r *repoClient) getManifest(ctx context.Context, tagOrDigest string, accept []string) (ocispec.Descriptor, []byte, error) {
 	want, byDigest := digest.Digest(tagOrDigest), strings.Contains(tagOrDigest, ":")
 	if byDigest {
@@ -188,11 +202,14 @@ func (r *repoClient) getManifest(ctx context.Context, tagOrDigest string, accept
 		data        []byte
 		contentType string
 	)
-	err := r.c.retry(ctx, func(int) error {
+	err := func() error {
 		ctx, cancel := context.WithTimeout(ctx, r.c.opts.RequestTimeout)
 		defer cancel()
-		resp, _, err := r.do(ctx, http.MethodGet, r.url("manifests/"+tagOrDigest, nil),
-			http.Header{"Accept": {strings.Join(accept, ", ")}})
+		resp, err := awaitHeaders(r.c.opts.FirstByteTimeout, cancel, func() (*http.Response, error) {
+			resp, _, err := r.do(ctx, http.MethodGet, r.url("manifests/"+tagOrDigest, nil),
+				http.Header{"Accept": {strings.Join(accept, ", ")}})
+			return resp, err
+		})
 		if err != nil {
 			return err
 		}
@@ -203,7 +220,7 @@ func (r *repoClient) getManifest(ctx context.Context, tagOrDigest string, accept
 		contentType = resp.Header.Get("Content-Type")
 		data, err = readLimited(resp, r.c.opts.MaxManifestSize, &r.c.stats.manifestBytes)
 		return err
-	})
+	}()
 	if err != nil {
 		return ocispec.Descriptor{}, nil, err
 	}
@@ -272,23 +289,25 @@ func (c *Client) getBlob(ctx context.Context, repo reference.Named, dgst digest.
 	b := &Blob{c: c, repo: repo, digest: dgst, size: -1}
 	var data []byte
 	err := c.retry(ctx, func(int) error {
-		ctx, cancel := context.WithTimeout(ctx, c.opts.RequestTimeout)
-		defer cancel()
-		resp, err := b.get(ctx, "")
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return responseError(resp)
-		}
-		data, err = readLimited(resp, limit, counter)
-		return err
+		return c.onEndpoints(ctx, repo, pullActions, dgst.String(), "blob", func(ctx context.Context, rc *repoClient) error {
+			ctx, cancel := context.WithTimeout(ctx, c.opts.RequestTimeout)
+			defer cancel()
+			resp, err := awaitHeaders(rc.firstByte, cancel, func() (*http.Response, error) { return b.get(ctx, rc, "") })
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return responseError(resp)
+			}
+			if data, err = readLimited(resp, limit, counter); err != nil {
+				return err
+			}
+			// A mirror serving other content is left out for this blob.
+			return verifyDigest(data, dgst)
+		})
 	})
 	if err != nil {
-		return nil, err
-	}
-	if err := verifyDigest(data, dgst); err != nil {
 		return nil, err
 	}
 	return data, nil

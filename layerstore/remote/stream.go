@@ -46,20 +46,25 @@ type blobStream struct {
 
 var errStreamClosed = errors.New("blob stream closed")
 
-// open starts a GET from s.off.
+// open starts a GET from s.off, asking the endpoints in turn.
 func (s *blobStream) open() error {
+	return s.b.c.onEndpoints(s.ctx, s.b.repo, pullActions, s.b.digest.String(), "blob", s.openOn)
+}
+
+func (s *blobStream) openOn(_ context.Context, rc *repoClient) error {
 	ctx, cancel := context.WithCancel(s.ctx)
-	wd := startWatchdog(s.b.c.opts.IdleTimeout, cancel)
+	wd := startWatchdog(rc.firstByte, s.b.c.opts.IdleTimeout, cancel)
 	rangeValue := ""
 	if s.off > 0 {
 		rangeValue = fmt.Sprintf("bytes=%d-", s.off)
 	}
-	resp, err := s.b.get(ctx, rangeValue)
+	resp, err := s.b.get(ctx, rc, rangeValue)
 	if err != nil {
 		wd.stop()
 		cancel()
 		return wd.check(err)
 	}
+	wd.kick()
 	size := s.b.size
 	fail := func(err error) error {
 		wd.stop()
@@ -93,6 +98,7 @@ func (s *blobStream) open() error {
 		return responseError(resp)
 	}
 	s.body, s.cancel, s.wd = body, cancel, wd
+	s.b.setServedBy(rc.ep)
 	return nil
 }
 

@@ -11,19 +11,21 @@ import (
 // errStalled: no byte arrived for Options.IdleTimeout; retried.
 var errStalled = errors.New("connection stalled")
 
-// watchdog cancels a request when it makes no progress for d: blob reads
-// have no total timeout (a large read on a slow link may legitimately take
-// long) but must not hang on a dead connection.
+// watchdog cancels a request when it makes no progress: no answer within
+// its first period, or no byte for d after that. Blob reads have no total
+// timeout (a large read on a slow link may legitimately take long) but must
+// not hang on a dead connection.
 type watchdog struct {
 	d     time.Duration
 	t     *time.Timer
 	fired atomic.Bool
 }
 
-// startWatchdog arms a watchdog that calls cancel after d without kick.
-func startWatchdog(d time.Duration, cancel context.CancelFunc) *watchdog {
+// startWatchdog arms a watchdog that calls cancel when first passes before
+// the first kick, or d between later kicks.
+func startWatchdog(first, d time.Duration, cancel context.CancelFunc) *watchdog {
 	w := &watchdog{d: d}
-	w.t = time.AfterFunc(d, func() {
+	w.t = time.AfterFunc(first, func() {
 		w.fired.Store(true)
 		cancel()
 	})
@@ -54,4 +56,14 @@ func (k kickingBody) Read(p []byte) (int, error) {
 		k.w.kick()
 	}
 	return n, err
+}
+
+// awaitHeaders runs send, a request whose context is canceled by cancel,
+// and cancels it when no answer came within first (the body is then bounded
+// by the caller's deadline). A timeout is reported as errStalled (retried).
+func awaitHeaders[T any](first time.Duration, cancel context.CancelFunc, send func() (T, error)) (T, error) {
+	w := startWatchdog(first, first, cancel)
+	v, err := send()
+	w.stop()
+	return v, w.check(err)
 }

@@ -620,6 +620,12 @@ func describeRuns(runs []run) string {
 // transfer problem); a second mismatch means the index or the registry's
 // blob is not what the image says.
 func (m *Manager) refetch(ctx context.Context, id int) ([]byte, error) {
+	// A mirror that served the bad bytes is left out for the refetch.
+	for _, src := range m.o.Sources() {
+		if r, ok := src.(interface{ RejectLastRead() }); ok {
+			r.RejectLastRead()
+		}
+	}
 	s, e := m.o.Layout.CompressedRange(id)
 	bufs, err := m.readRanges(ctx, []remote.Range{{Offset: s, Length: e - s}})
 	if err != nil {

@@ -44,14 +44,26 @@ type RegistryOptions struct {
 	// temporary directory (t.TempDir() with StartRegistry), removed by Close
 	// when NewRegistry created it.
 	Dir string
+	// TLS, when set, makes a docker-registry process serve https with a
+	// certificate of this CA (see registryextra.go); ClientCerts, TLSHosts,
+	// Users and ProxyRemoteURL are described there too.
+	TLS            *TestCA
+	TLSHosts       []string
+	ClientCerts    bool
+	Users          map[string]string
+	ProxyRemoteURL string
 }
 
 // Registry is a running registry listening on 127.0.0.1.
 type Registry struct {
 	// Host is "127.0.0.1:<port>", the registry part of image references.
 	Host string
-	// URL is "http://127.0.0.1:<port>".
+	// URL is "http://127.0.0.1:<port>" ("https://" with RegistryOptions.TLS).
 	URL string
+	// HTTPClient talks to the registry: http.DefaultClient, or for a TLS
+	// registry a client trusting its CA (with a client certificate when the
+	// registry wants one).
+	HTTPClient *http.Client
 	// Dir holds the storage (Dir/storage), the configuration and, for a
 	// docker-registry process, its log (Dir/registry.log).
 	Dir string
@@ -90,7 +102,7 @@ func StartRegistry(t testing.TB, opts RegistryOptions) *Registry {
 // the thread that started it ends, in practice when this process exits), so
 // a test binary that times out or crashes leaves no registry behind.
 func NewRegistry(opts RegistryOptions) (*Registry, error) {
-	r := &Registry{Dir: opts.Dir}
+	r := &Registry{Dir: opts.Dir, HTTPClient: http.DefaultClient}
 	if r.Dir == "" {
 		dir, err := os.MkdirTemp("", "lazypull-registry-")
 		if err != nil {
@@ -102,7 +114,7 @@ func NewRegistry(opts RegistryOptions) (*Registry, error) {
 	if opts.InProcess {
 		err = r.startInProcess()
 	} else {
-		err = r.startProcess(opts.Binary)
+		err = r.startProcess(opts)
 	}
 	if err != nil {
 		if r.removeDir {
@@ -161,7 +173,8 @@ http:
   secret: lazypull-test-secret
 `
 
-func (r *Registry) startProcess(binary string) error {
+func (r *Registry) startProcess(opts RegistryOptions) error {
+	binary := opts.Binary
 	if binary == "" {
 		binary = DefaultRegistryBinary
 	}
@@ -172,6 +185,10 @@ func (r *Registry) startProcess(binary string) error {
 	if err := os.MkdirAll(storage, 0o755); err != nil {
 		return fmt.Errorf("testenv: %w", err)
 	}
+	extra, scheme, err := r.extraConfig(opts)
+	if err != nil {
+		return err
+	}
 	// The port is chosen by binding :0 and released before the registry binds
 	// it; another process may take it meanwhile, so retry a few times.
 	var lastErr error
@@ -181,18 +198,18 @@ func (r *Registry) startProcess(binary string) error {
 			return fmt.Errorf("%w: %w", ErrRegistryStart, err)
 		}
 		host := fmt.Sprintf("127.0.0.1:%d", port)
-		lastErr = r.tryStart(binary, storage, host)
+		lastErr = r.tryStart(binary, storage, host, extra, scheme)
 		if lastErr == nil {
-			r.Host, r.URL = host, "http://"+host
+			r.Host, r.URL = host, scheme+"://"+host
 			return nil
 		}
 	}
 	return lastErr
 }
 
-func (r *Registry) tryStart(binary, storage, host string) error {
+func (r *Registry) tryStart(binary, storage, host, extra, scheme string) error {
 	cfg := filepath.Join(r.Dir, "config.yml")
-	if err := os.WriteFile(cfg, fmt.Appendf(nil, registryConfig, storage, host), 0o644); err != nil {
+	if err := os.WriteFile(cfg, append(fmt.Appendf(nil, registryConfig, storage, host), extra...), 0o644); err != nil {
 		return fmt.Errorf("testenv: %w", err)
 	}
 	logPath := filepath.Join(r.Dir, "registry.log")
@@ -217,7 +234,7 @@ func (r *Registry) tryStart(binary, storage, host string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	for {
-		if registryAnswers(ctx, "http://"+host) {
+		if registryAnswers(ctx, r.HTTPClient, scheme+"://"+host) {
 			return nil
 		}
 		select {
@@ -233,14 +250,14 @@ func (r *Registry) tryStart(binary, storage, host string) error {
 }
 
 // registryAnswers reports whether GET /v2/ answers 200 or 401.
-func registryAnswers(ctx context.Context, url string) bool {
+func registryAnswers(ctx context.Context, client *http.Client, url string) bool {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/v2/", nil)
 	if err != nil {
 		return false
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return false
 	}

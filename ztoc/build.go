@@ -335,6 +335,8 @@ type tarWalker struct {
 	onData func(pos int64, p []byte) error // optional, sees every byte
 	pos    int64
 	err    error
+	// entries counts the headers walk passed to its callback.
+	entries int
 }
 
 func (w *tarWalker) Read(p []byte) (int, error) {
@@ -377,6 +379,7 @@ func (w *tarWalker) walk(ctx context.Context, onEntry func(i int, h *tar.Header,
 		if err := onEntry(i, hdr, w.pos); err != nil {
 			return 0, err
 		}
+		w.entries++
 	}
 	tarEnd = w.pos
 	// Read the rest (end-of-archive blocks and record padding) so the DiffID

@@ -252,6 +252,36 @@ func (x *LayerIndex) inflateVerified(id SpanID, compressed, dst []byte) ([]byte,
 	return dst, nil
 }
 
+// CheckWindow checks the window of checkpoint id (which span id inflates
+// from) against prev, the inflated bytes of span id-1 (as InflateSpan
+// returns them): the window must end with prev's last min(32 KiB, len(prev))
+// bytes. A difference wraps ErrVerify. It catches a forged window whenever
+// two adjacent spans are inflated together, at the cost of a 32 KiB
+// comparison; only Verify proves every window. Uncompressed layers have no
+// windows (nil).
+func (x *LayerIndex) CheckWindow(id SpanID, prev []byte) error {
+	if x.cps == nil {
+		return nil
+	}
+	if id <= 0 || int(id) >= x.nspans {
+		return fmt.Errorf("%w: span %d of %d has no previous span", ErrMalformed, id, x.nspans)
+	}
+	if a, b := x.SpanUncompressedRange(id - 1); int64(len(prev)) != b-a {
+		return fmt.Errorf("ztoc: check window %d: span %d has %d bytes, want %d", id, id-1, len(prev), b-a)
+	}
+	win := x.windows.Get().(*[WindowSize]byte)
+	defer x.windows.Put(win)
+	w, err := x.cps.Window(int(id), win[:])
+	if err != nil {
+		return fmt.Errorf("ztoc: read window of span %d: %w", id, err)
+	}
+	n := min(len(prev), WindowSize)
+	if !bytes.Equal(w[WindowSize-n:], prev[len(prev)-n:]) {
+		return fmt.Errorf("ztoc: checkpoint %d: its window differs from the last %d bytes of span %d: %w", id, n, id-1, ErrVerify)
+	}
+	return nil
+}
+
 // Lookup returns the index of the entry named name (any spelling that cleans
 // to the same path).
 func (x *LayerIndex) Lookup(name string) (int, bool) {

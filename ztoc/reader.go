@@ -269,7 +269,9 @@ func isContextErr(err error) bool {
 }
 
 // fetchRun fetches and inflates the owned spans a..b and lands their
-// flights (removing them from owned).
+// flights (removing them from owned). The window of every span whose
+// predecessor is in the run is checked against that predecessor's bytes
+// (CheckWindow) before either is cached.
 func (r *Reader) fetchRun(ctx context.Context, a, b SpanID, owned map[SpanID]*flight, out [][]byte) error {
 	comp, err := r.src.FetchSpans(ctx, a, b)
 	if err == nil && len(comp) != int(b-a+1) {
@@ -279,25 +281,35 @@ func (r *Reader) fetchRun(ctx context.Context, a, b SpanID, owned map[SpanID]*fl
 	if vs, ok := r.src.(VerifyingSource); ok {
 		verified = vs.VerifiesSpans()
 	}
+	errs := make([]error, b-a+1)
+	for id := a; id <= b; id++ {
+		k := id - a
+		switch {
+		case err == nil && verified:
+			out[k], errs[k] = r.x.inflateVerified(id, comp[k], nil)
+		case err == nil:
+			out[k], errs[k] = r.x.InflateSpan(id, comp[k], nil)
+		default:
+			errs[k] = fmt.Errorf("ztoc: fetch spans %d-%d: %w", a, b, err)
+		}
+	}
+	for id := b; id > a; id-- {
+		k := id - a
+		if errs[k] == nil && errs[k-1] == nil {
+			if werr := r.x.CheckWindow(id, out[k-1]); werr != nil {
+				errs[k], out[k] = werr, nil
+			}
+		}
+	}
 	var runErr error
 	for id := a; id <= b; id++ {
-		var data []byte
-		ferr := err
-		switch {
-		case ferr == nil && verified:
-			data, ferr = r.x.inflateVerified(id, comp[id-a], nil)
-		case ferr == nil:
-			data, ferr = r.x.InflateSpan(id, comp[id-a], nil)
-		default:
-			ferr = fmt.Errorf("ztoc: fetch spans %d-%d: %w", a, b, ferr)
-		}
+		k := id - a
 		f := owned[id]
 		delete(owned, id)
-		r.cache.land(spanKey{r.x, id}, f, data, ferr)
-		if ferr != nil && runErr == nil {
-			runErr = ferr
+		r.cache.land(spanKey{r.x, id}, f, out[k], errs[k])
+		if errs[k] != nil && runErr == nil {
+			runErr = errs[k]
 		}
-		out[id-a] = data
 	}
 	return runErr
 }

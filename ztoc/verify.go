@@ -132,6 +132,17 @@ type verifier struct {
 	consumed int64
 	next     int // next checkpoint to meet (gzip)
 	window   []byte
+	// failed is the first difference found in a callback, reported as it
+	// is rather than wrapped by the decoder and archive/tar.
+	failed error
+}
+
+// fail records err as the first difference found (if it is one).
+func (v *verifier) fail(err error) error {
+	if err != nil && v.failed == nil && errors.Is(err, ErrVerify) {
+		v.failed = err
+	}
+	return err
 }
 
 func (v *verifier) run(ctx context.Context) (*VerifyResult, error) {
@@ -144,7 +155,7 @@ func (v *verifier) run(ctx context.Context) (*VerifyResult, error) {
 	spans.check = func(id SpanID, d digest.Digest) error {
 		if want := x.SpanDigest(id); d != want {
 			c0, c1 := x.SpanCompressedRange(id)
-			return verifyFailed("span %d [%d, %d) has digest %s, the zTOC says %s", id, c0, c1, d, want)
+			return v.fail(verifyFailed("span %d [%d, %d) has digest %s, the zTOC says %s", id, c0, c1, d, want))
 		}
 		return nil
 	}
@@ -184,7 +195,7 @@ func (v *verifier) run(ctx context.Context) (*VerifyResult, error) {
 		})
 		v.window = make([]byte, WindowSize)
 		dec.OnBoundary(func(bd flate.Boundary, window []byte) error {
-			return v.boundary(bd, window, spans)
+			return v.fail(v.boundary(bd, window, spans))
 		})
 		uncompressed = newAsyncHash()
 		defer uncompressed.stop()
@@ -235,6 +246,9 @@ func (v *verifier) run(ctx context.Context) (*VerifyResult, error) {
 		return nil
 	})
 	if err != nil {
+		if v.failed != nil {
+			return nil, v.failed
+		}
 		return nil, mapFlateErr(err)
 	}
 	if n := walker.entries; n != len(entries) {

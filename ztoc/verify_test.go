@@ -123,18 +123,18 @@ func mustVerify(t *testing.T, x *LayerIndex, blob []byte, opts VerifyOptions) *V
 }
 
 func TestVerifyAcceptsGenuineLayers(t *testing.T) {
-	es := genEntries(21, 120, 2<<20)
+	es := genEntries(21, 120, 1<<20)
 	for _, tc := range []struct {
 		name     string
 		blob     func([]byte) []byte
 		spanSize int64
 	}{
-		{"gzip-6", func(r []byte) []byte { return gzipMembers(t, r, 6, 0) }, 128 << 10},
-		{"gzip-9", func(r []byte) []byte { return gzipMembers(t, r, 9, 0) }, 256 << 10},
-		{"huffman-only", func(r []byte) []byte { return gzipMembers(t, r, gzip.HuffmanOnly, 0) }, 200 << 10},
-		{"stored", func(r []byte) []byte { return gzipMembers(t, r, gzip.NoCompression, 0) }, 128 << 10},
-		{"multi-member", func(r []byte) []byte { return gzipMembers(t, r, 6, 300<<10) }, 128 << 10},
-		{"tar", func(r []byte) []byte { return r }, 128 << 10},
+		{"gzip-6", func(r []byte) []byte { return gzipMembers(t, r, 6, 0) }, 64 << 10},
+		{"gzip-9", func(r []byte) []byte { return gzipMembers(t, r, 9, 0) }, 128 << 10},
+		{"huffman-only", func(r []byte) []byte { return gzipMembers(t, r, gzip.HuffmanOnly, 0) }, 100 << 10},
+		{"stored", func(r []byte) []byte { return gzipMembers(t, r, gzip.NoCompression, 0) }, 64 << 10},
+		{"multi-member", func(r []byte) []byte { return gzipMembers(t, r, 6, 150<<10) }, 64 << 10},
+		{"tar", func(r []byte) []byte { return r }, 64 << 10},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, es, tc.blob, tc.spanSize)
@@ -163,7 +163,7 @@ func TestVerifyAcceptsGenuineLayers(t *testing.T) {
 // checkpoint 0, and SOCI's uncompressed size that stops at the
 // end-of-archive marker.
 func TestVerifyAcceptsOtherPlacements(t *testing.T) {
-	f := newFixture(t, genEntries(22, 80, 2<<20), func(r []byte) []byte {
+	f := newFixture(t, genEntries(22, 80, 512<<10), func(r []byte) []byte {
 		return gzipMembers(t, append(bytes.Clone(r), make([]byte, 8192)...), 6, 0) // record padding after the marker
 	}, 64<<10)
 
@@ -228,7 +228,7 @@ func TestVerifySociZtoc(t *testing.T) {
 // setuid-free binary with a hard link to it, a file with xattrs, text that
 // repeats across spans (so windows matter).
 func tamperFixture(t testing.TB) *fixture {
-	es := genEntries(23, 150, 1<<20)
+	es := genEntries(23, 150, 256<<10)
 	mt := time.Unix(1700000000, 0).UTC()
 	es = append(es,
 		testEntry{hdr: tar.Header{Name: "./usr/bin/tool", Typeflag: tar.TypeReg, Mode: 0o755, Uid: 1000, Gid: 1000, ModTime: mt, Size: 5000, Format: tar.FormatPAX}, data: bytes.Repeat([]byte("tool "), 1000)},
@@ -418,7 +418,7 @@ func TestVerifyBlobProblems(t *testing.T) {
 	}
 	corrupt := bytes.Clone(f.blob)
 	corrupt[len(corrupt)/2] ^= 0x10
-	other := newFixture(t, genEntries(99, 150, 1<<20), func(r []byte) []byte { return gzipMembers(t, r, 6, 0) }, 64<<10)
+	other := newFixture(t, genEntries(99, 150, 256<<10), func(r []byte) []byte { return gzipMembers(t, r, 6, 0) }, 64<<10)
 	for _, tc := range []struct {
 		name string
 		blob []byte

@@ -280,7 +280,7 @@ func TestVerifyCatchesTampering(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		edit      func(z *Ztoc)
-		entry     int  // entry whose header check must fail; -1: none
+		entry     int    // entry whose header check must fail; -1: none
 		wantInVer string // part of Verify's message
 	}{
 		{"window byte", func(z *Ztoc) {

@@ -87,6 +87,15 @@ type RegistryConfig struct {
 	// ResolveCacheTTL is how long a resolved image (manifest and config) is
 	// reused for the lookups of its layers. Default "10s".
 	ResolveCacheTTL Duration `toml:"resolve_cache_ttl"`
+	// HandoverPersist keeps the credentials podman hands over (the
+	// additional-layer-store auth helper) in root_dir/auth/handover.json
+	// (mode 0600) for HandoverPersistTTL, so that they survive a restart of
+	// the daemon. Default false: memory only; a file left by an earlier
+	// version is deleted at start.
+	HandoverPersist bool `toml:"handover_persist"`
+	// HandoverPersistTTL is how long a handed-over credential stays in that
+	// file after podman last handed it over. Default "1h".
+	HandoverPersistTTL Duration `toml:"handover_persist_ttl"`
 }
 
 // IndexConfig controls which layers get a zTOC and how it is built.
@@ -186,6 +195,8 @@ func DefaultFor(root bool) Config {
 			RequestTimeout:  Duration(60 * time.Second),
 			MaxRetries:      5,
 			ResolveCacheTTL: Duration(10 * time.Second),
+
+			HandoverPersistTTL: Duration(time.Hour),
 		},
 		Index: IndexConfig{
 			MinLayerSize: 10 << 20,
@@ -286,6 +297,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Registry.ResolveCacheTTL < 0 {
 		bad("registry.resolve_cache_ttl must not be negative")
+	}
+	if c.Registry.HandoverPersistTTL <= 0 || c.Registry.HandoverPersistTTL > Duration(24*time.Hour) {
+		bad("registry.handover_persist_ttl must be within 1ns..24h, got %s", time.Duration(c.Registry.HandoverPersistTTL))
 	}
 	if c.Index.SpanSize < 64<<10 || c.Index.SpanSize > 1<<30 {
 		bad("index.span_size must be within 64KiB..1GiB, got %s", c.Index.SpanSize)

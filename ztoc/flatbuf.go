@@ -816,6 +816,10 @@ func validateEntries(entries []FileMetadata, uncompressedSize int64, lim *Limits
 		if m.UncompressedOffset-nextHeader < blockSize {
 			return invalidEntry(i, "data at %d leaves no room for a tar header after the previous entry (ends at %d)", m.UncompressedOffset, nextHeader)
 		}
+		if run := m.UncompressedOffset - nextHeader; run > lim.maxHeaderRun() {
+			return overLimit(true, "ztoc: toc entry %d (%.100q): %d bytes of tar headers in front of its data, more than the %d its limits allow",
+				i, m.Name, run, lim.maxHeaderRun())
+		}
 		nextHeader = alignTarBlock(m.UncompressedOffset + dataLen(m))
 	}
 	return nil

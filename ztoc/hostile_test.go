@@ -366,12 +366,16 @@ func TestOpenRefusesHostileGeometry(t *testing.T) {
 		z.CompressionInfo.MaxSpanID = SpanID(n - 1)
 		return z
 	}
+	farData := sampleZtoc(t) // 4 MiB of "headers" in front of the last entry
+	farData.UncompressedArchiveSize += 4 << 20
+	farData.TOC.FileMetadata[7].UncompressedOffset += 4 << 20
 	for _, tc := range []struct {
 		name string
 		z    *Ztoc
 		lim  Limits
 		want string
 	}{
+		{"header run of 4 MiB", farData, Limits{}, "tar headers in front"},
 		{"2^49-byte last span", hostileGeometry(t, 1e12, huge, []Checkpoint{{In: 10}, {In: 70_000, Out: 4 << 20}}), Limits{}, "span 1"},
 		{"2^49-byte middle span", hostileGeometry(t, 1e12, huge+100, []Checkpoint{{In: 10}, {In: 70_000, Out: huge}}), Limits{}, "span 0"},
 		{"layer ratio", hostileGeometry(t, 100_000, 200_000_000, []Checkpoint{{In: 10}}), Limits{}, "ratio"},

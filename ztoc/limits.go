@@ -163,6 +163,15 @@ func overLimit(malformedToo bool, format string, args ...any) error {
 	return fmt.Errorf("%s: %w", msg, ErrLimit)
 }
 
+// maxHeaderRun bounds the tar header blocks in front of one entry's data
+// (see LayerIndex.HeaderRange): a PAX header (records of at most
+// MaxPAXBytes, each with a length prefix and separators), GNU long name
+// and long link headers (MaxNameLen each), and a few 512-byte headers.
+// Checking an entry never reads more.
+func (l *Limits) maxHeaderRun() int64 {
+	return alignTarBlock(int64(l.MaxPAXBytes)+32*int64(l.MaxPAXRecords)) + 2*alignTarBlock(int64(l.MaxNameLen)+1) + 8*blockSize
+}
+
 // entryCost estimates the memory one decoded entry takes: the FileMetadata
 // struct, its strings, and its PAX map.
 func entryCost(m *FileMetadata) int64 {

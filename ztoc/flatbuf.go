@@ -789,10 +789,11 @@ func dataLen(m *FileMetadata) int64 {
 }
 
 // validateEntries checks each entry against lim and the tar stream's
-// layout: entries are in stream order, and each entry's data starts at
-// least one 512-byte header block after the previous entry's data (rounded
-// up to 512) ends, so the header run in front of every entry is well
-// defined (see LayerIndex.HeaderRange).
+// layout: entries are in stream order and each entry's data starts no
+// earlier than the previous entry's data ends (rounded up to 512), as in
+// SOCI's decoder, so the header run in front of every entry is well defined
+// (see LayerIndex.HeaderRange). A run too short to hold a header is left to
+// the header check (ErrHeaderMismatch) rather than refused here.
 func validateEntries(entries []FileMetadata, uncompressedSize int64, lim *Limits) error {
 	var metadata int64
 	var nextHeader int64
@@ -813,8 +814,8 @@ func validateEntries(entries []FileMetadata, uncompressedSize int64, lim *Limits
 			m.UncompressedOffset > uncompressedSize || dataLen(m) > uncompressedSize-m.UncompressedOffset {
 			return invalidEntry(i, "data [%d, +%d) outside the %d-byte tar stream", m.UncompressedOffset, m.UncompressedSize, uncompressedSize)
 		}
-		if m.UncompressedOffset-nextHeader < blockSize {
-			return invalidEntry(i, "data at %d leaves no room for a tar header after the previous entry (ends at %d)", m.UncompressedOffset, nextHeader)
+		if m.UncompressedOffset < nextHeader {
+			return invalidEntry(i, "data at %d overlaps the previous entry (ends at %d), or entries are not in stream order", m.UncompressedOffset, nextHeader)
 		}
 		if run := m.UncompressedOffset - nextHeader; run > lim.maxHeaderRun() {
 			return overLimit(true, "ztoc: toc entry %d (%.100q): %d bytes of tar headers in front of its data, more than the %d its limits allow",

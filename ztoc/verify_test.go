@@ -293,6 +293,7 @@ func TestVerifyCatchesTampering(t *testing.T) {
 		{"checkpoint bits", points(func(p []Checkpoint) { p[k].Bits = (p[k].Bits + 1) % 8 }), -1, "not a deflate block boundary"},
 		{"checkpoint in", points(func(p []Checkpoint) { p[k].In += 3 }), -1, "not a deflate block boundary"},
 		{"span digest", func(z *Ztoc) { z.CompressionInfo.SpanDigests[k] = digest.FromString("x") }, -1, "span 2"},
+		{"offset moved onto the next header", entry(tool, func(m *FileMetadata) { m.UncompressedOffset += 512 }), tool, "data offset"},
 		{"moved data offset", entry(big, func(m *FileMetadata) { m.UncompressedOffset += 512; m.UncompressedSize -= 512 }), big, "data offset"},
 		{"renamed", entry(tool, func(m *FileMetadata) { m.Name = "./usr/bin/tooL" }), tool, "name"},
 		{"size", entry(tool, func(m *FileMetadata) { m.UncompressedSize-- }), tool, "size"},

@@ -260,15 +260,7 @@ func TestBuildRefusesMillionsOfEntries(t *testing.T) {
 // million entries is refused by the default limits before the decoder
 // allocates anything for them.
 func TestDecodeRefusesMillionsOfEntries(t *testing.T) {
-	b, err := Marshal(sampleZtoc(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := &wire{head: b, size: uint64(len(b))}
-	root, _ := w.root()
-	toc, _, _ := w.tableField(root, slotZtocTOC)
-	vec, _, _ := w.refField(toc, 0)
-	binary.LittleEndian.PutUint32(b[vec:], 3_000_000)
+	b := hostileZtocs(t)["entries-3M"]
 	var derr error
 	alloc := allocatedDuring(func() { _, derr = Unmarshal(b) })
 	if !errors.Is(derr, ErrLimit) || !strings.Contains(derr.Error(), "3000000 elements") {

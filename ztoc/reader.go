@@ -185,7 +185,7 @@ var errAbandoned = fmt.Errorf("ztoc: inflating the span panicked: %w", ErrMalfor
 // forever.
 func (r *Reader) spans(ctx context.Context, first, last SpanID) ([][]byte, error) {
 	for attempt := 0; ; attempt++ {
-		out, err, retry := r.spansOnce(ctx, first, last)
+		out, retry, err := r.spansOnce(ctx, first, last)
 		if !retry || attempt >= 2 {
 			return out, err
 		}
@@ -195,7 +195,7 @@ func (r *Reader) spans(ctx context.Context, first, last SpanID) ([][]byte, error
 // spansOnce is one round of spans; retry reports that a span another
 // reader was fetching failed only because that reader gave up (its
 // context ended) while ours is still alive.
-func (r *Reader) spansOnce(ctx context.Context, first, last SpanID) (out [][]byte, err error, retry bool) {
+func (r *Reader) spansOnce(ctx context.Context, first, last SpanID) (out [][]byte, retry bool, err error) {
 	out = make([][]byte, last-first+1)
 	waits := make(map[SpanID]*flight)
 	owned := make(map[SpanID]*flight)
@@ -245,7 +245,7 @@ func (r *Reader) spansOnce(ctx context.Context, first, last SpanID) (out [][]byt
 		select {
 		case <-f.done:
 		case <-ctx.Done():
-			return nil, ctx.Err(), false
+			return nil, false, ctx.Err()
 		}
 		if f.err != nil {
 			if isContextErr(f.err) && ctx.Err() == nil {
@@ -259,9 +259,9 @@ func (r *Reader) spansOnce(ctx context.Context, first, last SpanID) (out [][]byt
 		out[id-first] = f.data
 	}
 	if firstErr != nil {
-		return nil, firstErr, retry
+		return nil, retry, firstErr
 	}
-	return out, nil, false
+	return out, false, nil
 }
 
 func isContextErr(err error) bool {

@@ -10,8 +10,11 @@
 //
 //  1. Credentials podman handed over for exactly that reference
 //     (ParseAuthHelperInput, Manager.Handover), kept in a HandoverStore: in
-//     memory and in a 0600 file replaced atomically, expiring after
-//     Options.HandoverTTL.
+//     memory only unless Options.HandoverPersist (then also in a 0600 file
+//     replaced atomically, for Options.HandoverPersistTTL, 1 h), used for
+//     Options.HandoverTTL (24 h) after podman last handed them over, and
+//     deleted when podman hands the reference over as anonymous (a pull
+//     after `podman logout`).
 //  2. containers/image's pkg/docker/config (GetCredentialsForRef), which gives
 //     podman's search order: Options.AuthFile alone when set, else
 //     $XDG_RUNTIME_DIR/containers/auth.json (/run/containers/<uid>/auth.json),

@@ -15,10 +15,16 @@ import (
 
 // Defaults of the handover store.
 const (
-	// DefaultHandoverTTL is how long a handed-over credential is kept after
-	// podman last handed it over. Containers keep reading lazily pulled layers
-	// long after the pull, so this is generous.
-	DefaultHandoverTTL = 7 * 24 * time.Hour
+	// DefaultHandoverTTL is how long a handed-over credential is used after
+	// podman last handed it over. Containers read lazily served layers long
+	// after the pull, but the layer store fetches and verifies every layer in
+	// the background soon after it is mounted; a day covers that many times.
+	DefaultHandoverTTL = 24 * time.Hour
+	// DefaultHandoverPersistTTL is how long a handed-over credential stays in
+	// the file when persistence is on: long enough to survive a restart of
+	// the daemon in the middle of a pull's background fetches, short enough
+	// that no credential lingers on disk.
+	DefaultHandoverPersistTTL = time.Hour
 	// MaxHandoverEntries bounds the number of stored image references; when a
 	// new one arrives beyond that, the oldest is dropped.
 	MaxHandoverEntries = 4096
@@ -26,21 +32,59 @@ const (
 	handoverVersion = 1
 )
 
-// HandoverStore keeps the credentials podman handed over through the
-// additional-layer-store auth helper, keyed by exact image reference. It lives
-// in memory and, when it has a path, in a 0600 JSON file that is replaced
-// atomically (temporary file, fsync, rename, fsync of the directory) on every
-// change, so the credentials survive a daemon restart and a crash never leaves
-// a half-written file. Entries older than the TTL are ignored and pruned.
-// It is safe for concurrent use.
-type HandoverStore struct {
-	path string // "" = memory only
-	ttl  time.Duration
-	now  func() time.Time
+// HandoverOptions configures a HandoverStore. The zero value keeps
+// credentials in memory only, for DefaultHandoverTTL.
+type HandoverOptions struct {
+	// Path is the file of persisted credentials (mode 0600, replaced
+	// atomically). When Persist is off and a file exists there (left by an
+	// earlier version or run), it is deleted when the store opens. Default
+	// "": no file.
+	Path string
+	// Persist writes handed-over credentials to Path so that they survive a
+	// restart of the daemon, for PersistTTL. Default false: memory only.
+	Persist bool
+	// TTL is how long a credential is used after podman last handed it over.
+	// Default DefaultHandoverTTL (24 h).
+	TTL time.Duration
+	// PersistTTL is how long a credential stays in the file after podman
+	// last handed it over; older ones are removed from the file (and not
+	// loaded from it), though they stay in memory until TTL. Default
+	// DefaultHandoverPersistTTL (1 h); at most TTL.
+	PersistTTL time.Duration
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+	// OnError receives errors of the background rewrite of the file that
+	// removes credentials past PersistTTL (nothing else can report them).
+	// Default: dropped.
+	OnError func(error)
+}
 
-	// mu guards entries and serializes writes of the file.
+// HandoverStore keeps the credentials podman handed over through the
+// additional-layer-store auth helper, keyed by exact image reference. By
+// default it lives in memory only. With HandoverOptions.Persist it also
+// keeps the credentials handed over in the last PersistTTL in a 0600 JSON
+// file that is replaced atomically (temporary file, fsync, rename, fsync of
+// the directory) on every change and whenever a credential passes
+// PersistTTL, so that they survive a daemon restart and a crash never
+// leaves a half-written file. A credential handed over as anonymous (podman
+// pulled the reference without credentials, e.g. after `podman logout`)
+// deletes the entry from memory and file. Entries older than TTL are
+// ignored and pruned. It is safe for concurrent use; Close stops its timer.
+type HandoverStore struct {
+	path       string // "" = memory only
+	ttl        time.Duration
+	persistTTL time.Duration
+	now        func() time.Time
+	onError    func(error)
+
+	// mu guards the fields below and serializes writes of the file.
 	mu      sync.Mutex
 	entries map[string]handoverEntry
+	// fileExpiry is when the oldest credential in the file passes
+	// persistTTL (zero: none in the file); timer rewrites the file then.
+	fileExpiry time.Time
+	timer      *time.Timer
+	closed     bool
 }
 
 // handoverEntry is one stored credential; it is also the persisted encoding
@@ -58,32 +102,47 @@ type handoverFile struct {
 	Entries map[string]handoverEntry `json:"entries"`
 }
 
-// OpenHandoverStore opens the store persisted at path ("" = memory only).
-// ttl <= 0 means DefaultHandoverTTL; now == nil means time.Now.
+// OpenHandoverStore opens a store as o says.
 //
-// A missing file is an empty store. A file that cannot be decoded is moved
-// aside to path+".corrupt" and OpenHandoverStore returns a usable, empty
-// store together with an error wrapping ErrCorruptHandover: the caller should
-// report it and carry on. Any other error (unreadable file) returns a nil
-// store.
-func OpenHandoverStore(path string, ttl time.Duration, now func() time.Time) (*HandoverStore, error) {
-	if ttl <= 0 {
-		ttl = DefaultHandoverTTL
+// Without persistence, a file at o.Path is deleted (with any temporary
+// files a crash left beside it); failing to delete it is an error. With
+// persistence, a missing file is an empty store, and a file that cannot be
+// decoded is moved aside to Path+".corrupt": OpenHandoverStore then returns
+// a usable, empty store together with an error wrapping ErrCorruptHandover
+// (the caller should report it and carry on). Any other error (unreadable
+// file) returns a nil store.
+func OpenHandoverStore(o HandoverOptions) (*HandoverStore, error) {
+	if o.TTL <= 0 {
+		o.TTL = DefaultHandoverTTL
 	}
-	if now == nil {
-		now = time.Now
+	if o.PersistTTL <= 0 {
+		o.PersistTTL = DefaultHandoverPersistTTL
 	}
-	s := &HandoverStore{path: path, ttl: ttl, now: now, entries: map[string]handoverEntry{}}
-	if path == "" {
+	o.PersistTTL = min(o.PersistTTL, o.TTL)
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.OnError == nil {
+		o.OnError = func(error) {}
+	}
+	s := &HandoverStore{ttl: o.TTL, persistTTL: o.PersistTTL, now: o.Now, onError: o.OnError, entries: map[string]handoverEntry{}}
+	if o.Path == "" {
 		return s, nil
 	}
+	if !o.Persist {
+		if err := removeHandoverFiles(o.Path); err != nil {
+			return nil, err
+		}
+		return s, nil
+	}
+	s.path = o.Path
 	s.removeStaleTemps()
-	raw, err := os.ReadFile(path)
+	raw, err := os.ReadFile(s.path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return s, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("authbridge: reading handed-over credentials %s: %w", path, err)
+		return nil, fmt.Errorf("authbridge: reading handed-over credentials %s: %w", s.path, err)
 	}
 	var f handoverFile
 	if err := json.Unmarshal(raw, &f); err != nil || f.Version != handoverVersion {
@@ -91,29 +150,50 @@ func OpenHandoverStore(path string, ttl time.Duration, now func() time.Time) (*H
 		if err != nil {
 			what = describeJSONError(err)
 		}
-		cerr := fmt.Errorf("%w %s: %s; starting with no handed-over credentials", ErrCorruptHandover, path, what)
-		if rerr := os.Rename(path, path+".corrupt"); rerr != nil {
+		cerr := fmt.Errorf("%w %s: %s; starting with no handed-over credentials", ErrCorruptHandover, s.path, what)
+		if rerr := os.Rename(s.path, s.path+".corrupt"); rerr != nil {
 			cerr = fmt.Errorf("%w (moving it aside: %w)", cerr, rerr)
 		}
 		return s, cerr
 	}
+	now := s.now()
 	for ref, e := range f.Entries {
 		norm, err := normalizeRef(ref)
-		if err != nil || norm != ref {
-			continue // not something Put could have written; ignore the entry
+		if err != nil || norm != ref || now.Sub(e.Received) > s.persistTTL {
+			continue // not something Put could have written, or too old for the file
 		}
 		s.entries[ref] = e
 	}
-	if s.pruneLocked() > 0 {
-		if err := s.saveLocked(); err != nil {
-			return nil, err
-		}
-	} else if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
-		if err := os.Chmod(path, 0o600); err != nil {
-			return nil, fmt.Errorf("authbridge: restricting permissions of %s: %w", path, err)
-		}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pruneLocked()
+	// Rewrite: drops what was too old, restores mode 0600, schedules the
+	// next rewrite.
+	if err := s.saveLocked(); err != nil {
+		return nil, err
 	}
 	return s, nil
+}
+
+// removeHandoverFiles deletes a credentials file and the temporary files
+// beside it.
+func removeHandoverFiles(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("authbridge: removing handed-over credentials %s (persistence is off): %w", path, err)
+	}
+	(&HandoverStore{path: path}).removeStaleTemps()
+	return nil
+}
+
+// Close stops the timer that rewrites the file; the store stays usable
+// in memory (and still writes the file on Put).
+func (s *HandoverStore) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	if s.timer != nil {
+		s.timer.Stop()
+	}
 }
 
 // Put records c as the credential for the exact image reference ref
@@ -166,13 +246,15 @@ func (s *HandoverStore) Len() int {
 	return len(s.entries)
 }
 
-// Prune drops expired entries and persists the result; it returns how many
-// entries were dropped.
+// Prune drops expired entries, rewrites the file if that or PersistTTL
+// removes any credential from it, and returns how many entries were
+// dropped from memory. It runs by itself (on a timer) when a credential in
+// the file passes PersistTTL.
 func (s *HandoverStore) Prune() (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := s.pruneLocked()
-	if n == 0 {
+	if n == 0 && (s.fileExpiry.IsZero() || s.now().Before(s.fileExpiry)) {
 		return 0, nil
 	}
 	return n, s.saveLocked()
@@ -206,6 +288,24 @@ func (s *HandoverStore) pruneLocked() int {
 	return n
 }
 
+// scheduleLocked arms the timer that prunes the file after d (plus a
+// second, so that the oldest credential is past persistTTL). Needs s.mu.
+func (s *HandoverStore) scheduleLocked(d time.Duration) {
+	if s.closed {
+		return
+	}
+	d = max(d, 0) + time.Second
+	if s.timer == nil {
+		s.timer = time.AfterFunc(d, func() {
+			if _, err := s.Prune(); err != nil {
+				s.onError(err)
+			}
+		})
+		return
+	}
+	s.timer.Reset(d)
+}
+
 // tempPrefix is the name prefix of temporary files next to the store file.
 func (s *HandoverStore) tempPrefix() string {
 	return "." + filepath.Base(s.path) + ".tmp-"
@@ -225,12 +325,34 @@ func (s *HandoverStore) removeStaleTemps() {
 	}
 }
 
-// saveLocked writes the store atomically. Needs s.mu.
+// saveLocked writes the credentials younger than persistTTL to the file
+// atomically (removes the file when there are none) and schedules the
+// rewrite that removes the oldest of them. Needs s.mu.
 func (s *HandoverStore) saveLocked() error {
 	if s.path == "" {
 		return nil
 	}
-	raw, err := json.Marshal(handoverFile{Version: handoverVersion, Entries: s.entries})
+	now := s.now()
+	fresh := make(map[string]handoverEntry, len(s.entries))
+	var oldest time.Time
+	for ref, e := range s.entries {
+		if now.Sub(e.Received) <= s.persistTTL {
+			fresh[ref] = e
+			if oldest.IsZero() || e.Received.Before(oldest) {
+				oldest = e.Received
+			}
+		}
+	}
+	s.fileExpiry = time.Time{}
+	if len(fresh) == 0 {
+		if err := os.Remove(s.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("authbridge: removing handed-over credentials %s: %w", s.path, err)
+		}
+		return nil
+	}
+	s.fileExpiry = oldest.Add(s.persistTTL)
+	s.scheduleLocked(s.fileExpiry.Sub(now))
+	raw, err := json.Marshal(handoverFile{Version: handoverVersion, Entries: fresh})
 	if err != nil {
 		return fmt.Errorf("authbridge: encoding handed-over credentials: %w", err)
 	}

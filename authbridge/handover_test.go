@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -92,7 +93,8 @@ func TestCredentialStringsRedacted(t *testing.T) {
 func TestHandoverStorePersistence(t *testing.T) {
 	clock := authtest.NewClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
 	path := filepath.Join(t.TempDir(), "state", "handover.json")
-	s, err := OpenHandoverStore(path, time.Hour, clock.Now)
+	opts := HandoverOptions{Path: path, Persist: true, TTL: time.Hour, Now: clock.Now}
+	s, err := OpenHandoverStore(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +117,7 @@ func TestHandoverStorePersistence(t *testing.T) {
 	stale := filepath.Join(filepath.Dir(path), ".handover.json.tmp-123")
 	writeFile(t, stale, "garbage")
 
-	s2, err := OpenHandoverStore(path, time.Hour, clock.Now)
+	s2, err := OpenHandoverStore(opts)
 	if err != nil {
 		t.Fatalf("reopen: %v", noteErr(err))
 	}
@@ -152,7 +154,7 @@ func TestHandoverStorePersistence(t *testing.T) {
 	if err := s2.Put("alpine", Credential{}); err != nil {
 		t.Fatal(err)
 	}
-	s3, err := OpenHandoverStore(path, time.Hour, clock.Now)
+	s3, err := OpenHandoverStore(opts)
 	if err != nil || s3.Len() != 0 {
 		t.Errorf("after prune and delete: Len = %d, %v; want 0", s3.Len(), err)
 	}
@@ -174,7 +176,7 @@ func TestHandoverStoreCorrupt(t *testing.T) {
 			secret("", "s3cr3t-trunc")
 			path := filepath.Join(t.TempDir(), "handover.json")
 			writeFile(t, path, tc.content)
-			s, err := OpenHandoverStore(path, 0, nil)
+			s, err := OpenHandoverStore(HandoverOptions{Path: path, Persist: true})
 			noteErr(err)
 			if !errors.Is(err, ErrCorruptHandover) || s == nil || s.Len() != 0 {
 				t.Fatalf("OpenHandoverStore = %v, %v; want an empty store and ErrCorruptHandover", s, err)
@@ -186,7 +188,7 @@ func TestHandoverStoreCorrupt(t *testing.T) {
 			if err := s.Put("reg.example/a:1", Credential{Username: "u", Password: secret("u", "s3cr3t-after")}); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := OpenHandoverStore(path, 0, nil); err != nil {
+			if _, err := OpenHandoverStore(HandoverOptions{Path: path, Persist: true}); err != nil {
 				t.Errorf("reopen after Put: %v", err)
 			}
 		})
@@ -195,7 +197,7 @@ func TestHandoverStoreCorrupt(t *testing.T) {
 	// A Manager starts anyway and reports the problem.
 	path := filepath.Join(t.TempDir(), "handover.json")
 	writeFile(t, path, "{corrupt")
-	m := newManager(t, Options{HandoverFile: path})
+	m := newManager(t, Options{HandoverFile: path, HandoverPersist: true})
 	st := m.Stats()
 	noteText(st.String())
 	if !strings.Contains(st.HandoverLoadError, "corrupt") || !strings.Contains(st.String(), "corrupt") {
@@ -205,7 +207,7 @@ func TestHandoverStoreCorrupt(t *testing.T) {
 
 // TestHandoverPrecedence checks, through a token server, that handed-over
 // credentials are used for their exact reference only, take precedence over
-// the auth files there, and survive a new Manager.
+// the auth files there, and survive a new Manager when persisted.
 func TestHandoverPrecedence(t *testing.T) {
 	r := newRegistry(t, registryConfig{})
 	r.ts.AddUser("bob", secret("bob", "s3cr3t-bob"), map[string][]string{"team/app": {"pull"}})
@@ -216,6 +218,7 @@ func TestHandoverPrecedence(t *testing.T) {
 		authJSON(map[string]authEntry{r.proxy.Host(): {"alice", secret("alice", "s3cr3t-wrong"), ""}}, nil))
 	o := e.options()
 	o.HandoverFile = filepath.Join(t.TempDir(), "handover.json")
+	o.HandoverPersist = true
 	m := newManager(t, o)
 	handedRef := r.ref(t, "team/app")
 	otherTag := mustRef(t, r.proxy.Host()+"/team/app:other")
@@ -252,5 +255,166 @@ func TestHandoverPrecedence(t *testing.T) {
 	}
 	if _, _, err := get(ctx, m2.Transport(handedRef, nil, nil), r.blobURL("team/app"), "bytes=0-9"); !errors.Is(err, ErrUnauthorized) {
 		t.Errorf("after handing over a wrong password: err = %v, want ErrUnauthorized", err)
+	}
+}
+
+// TestHandoverMemoryOnlyByDefault: without HandoverPersist nothing is
+// written, and a credentials file an older version left behind (with the
+// temporary files of a crash) is deleted at start.
+func TestHandoverMemoryOnlyByDefault(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "auth", "handover.json")
+	old := fmt.Sprintf(`{"version":1,"entries":{"reg.example/app:1":{"username":"u","password":%q,"received":"2030-01-01T00:00:00Z"}}}`,
+		secret("u", "s3cr3t-left-behind"))
+	writeFile(t, path, old)
+	writeFile(t, filepath.Join(dir, "auth", ".handover.json.tmp-7"), old)
+	m := newManager(t, Options{HandoverFile: path})
+	if got := m.Stats().HandoverEntries; got != 0 {
+		t.Errorf("HandoverEntries = %d, want 0: a file must not be loaded when persistence is off", got)
+	}
+	if err := m.Handover("reg.example/app:2", Credential{Username: "u", Password: secret("u", "s3cr3t-memory")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Stats().HandoverEntries; got != 1 {
+		t.Errorf("HandoverEntries = %d, want 1", got)
+	}
+	ents, err := os.ReadDir(filepath.Join(dir, "auth"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		t.Errorf("%s left in the auth directory; want nothing on disk", e.Name())
+	}
+}
+
+// TestHandoverPersistTTL: persisted credentials leave the file after
+// PersistTTL (while memory keeps them until TTL), are not loaded after it,
+// and the store removes them from disk by itself.
+func TestHandoverPersistTTL(t *testing.T) {
+	clock := authtest.NewClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	path := filepath.Join(t.TempDir(), "handover.json")
+	opts := HandoverOptions{Path: path, Persist: true, TTL: 24 * time.Hour, PersistTTL: time.Hour, Now: clock.Now}
+	s, err := OpenHandoverStore(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	pw := secret("u", "s3cr3t-persisted")
+	if err := s.Put("reg.example/app:1", Credential{Username: "u", Password: pw}); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(50 * time.Minute)
+	if err := s.Put("reg.example/app:2", Credential{Username: "v", Password: secret("v", "s3cr3t-younger")}); err != nil {
+		t.Fatal(err)
+	}
+	onDisk := func() string {
+		raw, err := os.ReadFile(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			return ""
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(raw)
+	}
+	if !strings.Contains(onDisk(), pw) {
+		t.Fatal("the persisted file lacks the credential")
+	}
+	clock.Advance(11 * time.Minute) // app:1 is 61 min old
+	if n, err := s.Prune(); n != 0 || err != nil {
+		t.Errorf("Prune = %d, %v; want 0 (still in memory), nil", n, err)
+	}
+	if strings.Contains(onDisk(), pw) || !strings.Contains(onDisk(), "reg.example/app:2") {
+		t.Errorf("after PersistTTL the file holds %q; want only app:2", onDisk())
+	}
+	if _, ok := s.Get("reg.example/app:1"); !ok {
+		t.Error("a credential past PersistTTL but within TTL is gone from memory")
+	}
+	s2, err := OpenHandoverStore(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if _, ok := s2.Get("reg.example/app:1"); ok {
+		t.Error("a credential past PersistTTL came back after a restart")
+	}
+	if _, ok := s2.Get("reg.example/app:2"); !ok {
+		t.Error("a credential within PersistTTL did not survive a restart")
+	}
+	clock.Advance(time.Hour)
+	if _, err := s2.Prune(); err != nil {
+		t.Fatal(err)
+	}
+	if got := onDisk(); got != "" {
+		t.Errorf("after every credential passed PersistTTL the file still exists: %q", got)
+	}
+
+	// On the real clock the timer removes them without any call.
+	realPath := filepath.Join(t.TempDir(), "handover.json")
+	rs, err := OpenHandoverStore(HandoverOptions{Path: realPath, Persist: true, PersistTTL: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rs.Close()
+	if err := rs.Put("reg.example/app:3", Credential{Username: "w", Password: secret("w", "s3cr3t-timer")}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(realPath); errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the file still holds the credential 30 s after its PersistTTL of 100 ms")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, ok := rs.Get("reg.example/app:3"); !ok {
+		t.Error("the timer removed the credential from memory too")
+	}
+}
+
+// TestHandoverAnonymousDeletes: when podman reads the same reference
+// anonymously (after `podman logout`, containers/image hands over an empty
+// object), the handed-over credential, its tokens and its file entry go:
+// the next fetch uses the auth files only.
+func TestHandoverAnonymousDeletes(t *testing.T) {
+	r := newRegistry(t, registryConfig{})
+	r.ts.AddUser("bob", secret("bob", "s3cr3t-bob2"), map[string][]string{"team/app": {"pull"}})
+	e := newUserEnv(t)
+	o := e.options() // the auth files hold nothing for the registry
+	o.HandoverFile = filepath.Join(t.TempDir(), "handover.json")
+	o.HandoverPersist = true
+	m := newManager(t, o)
+	ref := r.ref(t, "team/app")
+	ctx := context.Background()
+	in := func(body string) {
+		t.Helper()
+		creds, err := ParseAuthHelperInput(strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.HandoverAll(creds); err != nil {
+			t.Fatal(err)
+		}
+	}
+	in(fmt.Sprintf(`{%q: {"username": "bob", "password": "s3cr3t-bob2"}}`, ref.String()))
+	tr := m.Transport(ref, nil, nil)
+	if status, _, err := get(ctx, tr, r.blobURL("team/app"), "bytes=0-9"); err != nil || status != 206 {
+		t.Fatalf("with handed-over credentials: %d, %v", status, err)
+	}
+	// containers/image's JSON for an anonymous read (omitempty fields).
+	in(fmt.Sprintf(`{%q: {}}`, ref.String()))
+	if got := m.Stats().HandoverEntries; got != 0 {
+		t.Errorf("HandoverEntries after an anonymous handover = %d, want 0", got)
+	}
+	if _, err := os.Stat(o.HandoverFile); !errors.Is(err, fs.ErrNotExist) {
+		raw, _ := os.ReadFile(o.HandoverFile)
+		if strings.Contains(string(raw), "s3cr3t-bob2") {
+			t.Errorf("the file still holds the credential: %v", err)
+		}
+	}
+	if _, _, err := get(ctx, tr, r.blobURL("team/app"), "bytes=0-9"); !errors.Is(err, ErrUnauthorized) {
+		t.Errorf("after the anonymous handover: err = %v, want ErrUnauthorized (no cached token, no credential)", err)
 	}
 }

@@ -57,12 +57,21 @@ type Options struct {
 	// (/run/containers/<uid>/auth.json, /etc/containers/registries.conf), for
 	// tests and chroots. Default "": none.
 	RootForImplicitAbsolutePaths string
-	// HandoverFile is where credentials handed over by podman persist (a 0600
-	// file). Default "": memory only.
+	// HandoverFile is the file where credentials handed over by podman
+	// persist when HandoverPersist is set (mode 0600). When it is not set, a
+	// file left there by an earlier version or run is deleted at start.
+	// Default "": none.
 	HandoverFile string
+	// HandoverPersist keeps handed-over credentials in HandoverFile for
+	// HandoverPersistTTL, so that they survive a daemon restart. Default
+	// false: memory only.
+	HandoverPersist bool
 	// HandoverTTL is how long a handed-over credential is used after podman
-	// last handed it over. Default DefaultHandoverTTL (7 days).
+	// last handed it over. Default DefaultHandoverTTL (24 h).
 	HandoverTTL time.Duration
+	// HandoverPersistTTL is how long a handed-over credential stays in
+	// HandoverFile. Default DefaultHandoverPersistTTL (1 h).
+	HandoverPersistTTL time.Duration
 	// HTTPTransport is the transport for token requests and the default base
 	// for Transport. Default: a clone of http.DefaultTransport.
 	HTTPTransport http.RoundTripper
@@ -210,7 +219,12 @@ func NewManager(o Options) (*Manager, error) {
 	}
 	m.tokenClient = &http.Client{Transport: m.defaultBase}
 
-	store, err := OpenHandoverStore(o.HandoverFile, o.HandoverTTL, m.now)
+	store, err := OpenHandoverStore(HandoverOptions{
+		Path: o.HandoverFile, Persist: o.HandoverPersist, TTL: o.HandoverTTL, PersistTTL: o.HandoverPersistTTL, Now: m.now,
+		OnError: func(err error) {
+			m.log.WithError(err).Warn("Removing expired handed-over credentials from disk failed")
+		},
+	})
 	switch {
 	case errors.Is(err, ErrCorruptHandover):
 		m.handoverErr = err.Error()
@@ -235,6 +249,7 @@ func (m *Manager) Close() error {
 	}
 	m.cancel()
 	m.wg.Wait()
+	m.handover.Close()
 	if m.ownedTransport != nil {
 		m.ownedTransport.CloseIdleConnections()
 	}
@@ -335,6 +350,18 @@ func (m *Manager) credential(ref reference.Named, source string) (Credential, er
 		return Credential{}, fmt.Errorf("%w for %s: %w", ErrCredentials, ref.Name(), err)
 	}
 	return Credential{Username: ac.Username, Password: ac.Password, IdentityToken: ac.IdentityToken}, nil
+}
+
+// HasCredentials reports whether ref is read with credentials: handed over
+// by podman, or found in the auth files and helpers podman uses (read now,
+// so a login or logout counts at once). An image read without credentials
+// is public to everybody who can reach the registry.
+func (m *Manager) HasCredentials(ref reference.Named) bool {
+	c, err := m.credential(ref, m.credentialSource(ref.String()))
+	if err != nil {
+		return true // cannot tell: treat as private
+	}
+	return c != (Credential{})
 }
 
 // host returns (a copy of) the state of a registry host.

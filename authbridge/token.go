@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -24,6 +26,11 @@ const (
 	// left for a new request to start with it, when that is more than
 	// MinRefreshMargin.
 	RefreshMarginFraction = 0.2
+	// MaxTokenLifetime caps the lifetime a token server may claim: a token
+	// said to live longer is refreshed after a day all the same. It also
+	// keeps huge expires_in values from overflowing time.Duration (which
+	// made every request fetch a new token).
+	MaxTokenLifetime = 24 * time.Hour
 	// maxTokenAnswer bounds the size of a token server's answer.
 	maxTokenAnswer = 1 << 20
 )
@@ -62,11 +69,55 @@ func (t *token) usable(now time.Time, minValidity time.Duration) bool {
 // tokenAnswer is the JSON a token server returns (distribution token spec and
 // its OAuth2 variant).
 type tokenAnswer struct {
-	Token        string `json:"token"`
-	AccessToken  string `json:"access_token"`
-	ExpiresIn    int64  `json:"expires_in"`
-	IssuedAt     string `json:"issued_at"`
-	RefreshToken string `json:"refresh_token"`
+	Token        string    `json:"token"`
+	AccessToken  string    `json:"access_token"`
+	ExpiresIn    expiresIn `json:"expires_in"`
+	IssuedAt     string    `json:"issued_at"`
+	RefreshToken string    `json:"refresh_token"`
+}
+
+// expiresIn is the expires_in of a token answer in seconds, decoded
+// leniently: any JSON number (integer, fraction, exponent, however large)
+// or a string holding one; anything else counts as absent (0). A malformed
+// lifetime must not fail the exchange: the default applies.
+type expiresIn float64
+
+func (e *expiresIn) UnmarshalJSON(b []byte) error {
+	*e = 0
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		return nil
+	}
+	var f float64
+	switch v := v.(type) {
+	case float64:
+		f = v
+	case string:
+		p, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil {
+			return nil
+		}
+		f = p
+	default:
+		return nil
+	}
+	if math.IsNaN(f) || f <= 0 {
+		return nil
+	}
+	*e = expiresIn(f)
+	return nil
+}
+
+// duration returns e as a duration, capped at MaxTokenLifetime (0 when
+// absent or not positive).
+func (e expiresIn) duration() time.Duration {
+	if e <= 0 {
+		return 0
+	}
+	if float64(e) >= MaxTokenLifetime.Seconds() {
+		return MaxTokenLifetime
+	}
+	return time.Duration(float64(e) * float64(time.Second))
 }
 
 // tokenRequest describes one exchange of a credential for a token.
@@ -200,19 +251,26 @@ func (a tokenAnswer) bearer() string {
 }
 
 // validity computes when a token answered at receipt was issued and expires.
-// expires_in defaults to 60 s; issued_at is honoured but never later than
-// receipt (a server clock running ahead must not extend the token's life on
-// our clock).
+// expires_in defaults to 60 s and is capped at MaxTokenLifetime; issued_at
+// is honoured but never later than receipt (a server clock running ahead
+// must not extend the token's life on our clock) and never earlier than
+// half the lifetime before it: a token that arrives with less than half its
+// life left is taken as clock skew, not as nearly expired (else a server
+// clock running behind would make every request fetch a new token; a token
+// that really expires early is refreshed on its 401).
 func (a tokenAnswer) validity(receipt time.Time) (issued, expiry time.Time, lifetime time.Duration) {
 	lifetime = DefaultExpiresIn
-	if a.ExpiresIn > 0 {
-		lifetime = time.Duration(a.ExpiresIn) * time.Second
+	if d := a.ExpiresIn.duration(); d > 0 {
+		lifetime = d
 	}
 	issued = receipt
 	if a.IssuedAt != "" {
 		if t, err := time.Parse(time.RFC3339, a.IssuedAt); err == nil && t.Before(receipt) {
 			issued = t
 		}
+	}
+	if earliest := receipt.Add(-lifetime / 2); issued.Before(earliest) {
+		issued = earliest
 	}
 	return issued, issued.Add(lifetime), lifetime
 }

@@ -1,7 +1,9 @@
 package authbridge
 
 import (
+	"encoding/json"
 	"errors"
+	"math"
 	"net/http"
 	"net/url"
 	"reflect"
@@ -122,11 +124,50 @@ func TestTokenValidity(t *testing.T) {
 		{"issued_at with fraction", tokenAnswer{Token: "t", ExpiresIn: 60, IssuedAt: "2030-01-01T11:59:59.5Z"}, receipt.Add(-500 * time.Millisecond), 60 * time.Second},
 		{"issued_at in the future clamped", tokenAnswer{Token: "t", ExpiresIn: 60, IssuedAt: "2030-01-01T12:05:00Z"}, receipt, 60 * time.Second},
 		{"issued_at malformed ignored", tokenAnswer{Token: "t", ExpiresIn: 60, IssuedAt: "yesterday"}, receipt, 60 * time.Second},
+		{"issued_at an hour back: at most half the lifetime", tokenAnswer{Token: "t", ExpiresIn: 60, IssuedAt: "2030-01-01T11:00:00Z"}, receipt.Add(-30 * time.Second), 60 * time.Second},
+		{"expires_in beyond a day capped", tokenAnswer{Token: "t", ExpiresIn: 400000}, receipt, MaxTokenLifetime},
+		{"expires_in past time.Duration capped", tokenAnswer{Token: "t", ExpiresIn: math.MaxInt64}, receipt, MaxTokenLifetime},
+		{"expires_in 1e300 capped", tokenAnswer{Token: "t", ExpiresIn: 1e300}, receipt, MaxTokenLifetime},
+		{"expires_in fraction", tokenAnswer{Token: "t", ExpiresIn: 90.5}, receipt, 90*time.Second + 500*time.Millisecond},
+		{"expires_in negative: 60 s", tokenAnswer{Token: "t", ExpiresIn: -5}, receipt, 60 * time.Second},
 	}
 	for _, tc := range tests {
 		issued, expiry, lifetime := tc.answer.validity(receipt)
 		if !issued.Equal(tc.wantIssued) || lifetime != tc.wantLifetime || !expiry.Equal(tc.wantIssued.Add(tc.wantLifetime)) {
 			t.Errorf("%s: validity = %v, %v, %v; want issued %v, lifetime %v", tc.name, issued, expiry, lifetime, tc.wantIssued, tc.wantLifetime)
+		}
+	}
+}
+
+// TestExpiresInDecoding: expires_in of any JSON shape decodes without
+// failing the exchange; what is not a positive number means absent.
+func TestExpiresInDecoding(t *testing.T) {
+	for _, tc := range []struct {
+		raw  string
+		want time.Duration
+	}{
+		{`300`, 300 * time.Second},
+		{`300.25`, 300*time.Second + 250*time.Millisecond},
+		{`3e2`, 300 * time.Second},
+		{`"300"`, 300 * time.Second},
+		{`9223372036854775807`, MaxTokenLifetime},
+		{`92233720368547758070000`, MaxTokenLifetime},
+		{`1e400`, DefaultExpiresIn}, // not a float64: absent
+		{`-1`, DefaultExpiresIn},
+		{`0`, DefaultExpiresIn},
+		{`null`, DefaultExpiresIn},
+		{`"soon"`, DefaultExpiresIn},
+		{`{"a": 1}`, DefaultExpiresIn},
+		{`[60]`, DefaultExpiresIn},
+		{`true`, DefaultExpiresIn},
+	} {
+		var a tokenAnswer
+		if err := json.Unmarshal([]byte(`{"token": "t", "expires_in": `+tc.raw+`}`), &a); err != nil {
+			t.Errorf("expires_in %s: decoding fails: %v", tc.raw, err)
+			continue
+		}
+		if _, _, got := a.validity(time.Now()); got != tc.want {
+			t.Errorf("expires_in %s: lifetime %v, want %v", tc.raw, got, tc.want)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package authbridge
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -89,6 +90,38 @@ func TestProactiveRefresh(t *testing.T) {
 			}
 			if got := r.proxy.Stats().ExpiredTokens; got != 0 {
 				t.Errorf("requests with expired tokens at the registry = %d, want 0", got)
+			}
+		})
+	}
+}
+
+// TestHostileExpiresIn: a token server sending an absurd expires_in (past
+// time.Duration's range, which overflowed into a negative lifetime and made
+// every request fetch a token; a fraction; a string; garbage) costs one
+// token for many requests and never fails the exchange.
+func TestHostileExpiresIn(t *testing.T) {
+	for _, tc := range []struct{ name, raw string }{
+		{"max int64", `9223372036854775807`},
+		{"1e30", `1e30`},
+		{"fraction", `299.5`},
+		{"string", `"300"`},
+		{"garbage", `{"seconds": 300}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRegistry(t, registryConfig{lifetime: 48 * time.Hour, fake: true})
+			r.ts.SetAnonymousAccess("team/app", "pull")
+			r.ts.SetRawExpiresIn(json.RawMessage(tc.raw))
+			m := r.client(t, true, "", "")
+			tr := m.Transport(r.ref(t, "team/app"), []string{"pull"}, nil)
+			for i := 0; i < 20; i++ {
+				r.mustGet(t, tr, "team/app")
+				r.clock.Advance(time.Second)
+			}
+			if got := r.ts.Stats().Issued; got != 1 {
+				t.Errorf("20 requests over 20 s: %d tokens issued, want 1", got)
+			}
+			if st := m.Stats(); st.TokenFetchFailures != 0 {
+				t.Errorf("Stats() = %+v, want no failed token fetch", st)
 			}
 		})
 	}

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/containers/image/v5/docker/reference"
 	"github.com/sirupsen/logrus"
@@ -32,8 +33,9 @@ func NewLogger(cfg config.Config) *logrus.Entry {
 // OpenWithPodmanAuth opens the store with registry credentials exactly as
 // podman finds them (authbridge: auth files, credential helpers; the
 // REGISTRY_AUTH_FILE variable when registry.auth_file is unset, as podman
-// maps it) plus the credentials podman hands over, kept in a 0600 file
-// under root_dir. Closing the store closes the credential manager.
+// maps it) plus the credentials podman hands over, kept in memory (and, with
+// registry.handover_persist, for a short while in a 0600 file under
+// root_dir). Closing the store closes the credential manager.
 func OpenWithPodmanAuth(cfg config.Config, version string, log *logrus.Entry) (*Store, error) {
 	if err := os.MkdirAll(cfg.RootDir, 0o700); err != nil {
 		return nil, err
@@ -47,11 +49,13 @@ func OpenWithPodmanAuth(cfg config.Config, version string, log *logrus.Entry) (*
 		confDir = cfg.Registry.RegistriesConf + ".d"
 	}
 	auth, err := authbridge.NewManager(authbridge.Options{
-		AuthFile:          authFile,
-		RegistriesConf:    cfg.Registry.RegistriesConf,
-		RegistriesConfDir: confDir,
-		HandoverFile:      filepath.Join(cfg.RootDir, "auth", "handover.json"),
-		Logger:            log.WithField("component", "auth"),
+		AuthFile:           authFile,
+		RegistriesConf:     cfg.Registry.RegistriesConf,
+		RegistriesConfDir:  confDir,
+		HandoverFile:       filepath.Join(cfg.RootDir, "auth", "handover.json"),
+		HandoverPersist:    cfg.Registry.HandoverPersist,
+		HandoverPersistTTL: time.Duration(cfg.Registry.HandoverPersistTTL),
+		Logger:             log.WithField("component", "auth"),
 	})
 	if err != nil {
 		return nil, err
@@ -79,7 +83,8 @@ func OpenWithPodmanAuth(cfg config.Config, version string, log *logrus.Entry) (*
 			}
 			return auth.HandoverAll(in)
 		},
-		OnClose: auth.Close,
+		HasCredentials: auth.HasCredentials,
+		OnClose:        auth.Close,
 	})
 	if err != nil {
 		auth.Close()

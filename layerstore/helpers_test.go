@@ -21,6 +21,7 @@ import (
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/lazypull/lazypull/layerstore/alsfs"
+	"github.com/lazypull/lazypull/layerstore/artifact"
 	"github.com/lazypull/lazypull/layerstore/config"
 	"github.com/lazypull/lazypull/layerstore/control"
 	"github.com/lazypull/lazypull/ztoc"
@@ -305,4 +306,29 @@ func baseTransport(t testing.TB) *http.Transport {
 // isLayerRangeGet reports whether req is a ranged GET of blob d.
 func isLayerRangeGet(req *http.Request, d digest.Digest) bool {
 	return req.Method == http.MethodGet && strings.HasSuffix(req.URL.Path, "/blobs/"+d.String()) && req.Header.Get("Range") != ""
+}
+
+// scopedMapping reports whether the local store under root maps layer to a
+// zTOC for repository repo only (an index from outside, not verified).
+func scopedMapping(t testing.TB, root, repo string, layer digest.Digest) bool {
+	t.Helper()
+	local, err := artifact.OpenLocal(filepath.Join(root, "artifacts"), 0)
+	if err != nil {
+		t.Fatalf("OpenLocal: %v", err)
+	}
+	_, err = local.ReadRef(context.Background(), artifact.LayerRef, artifact.ScopedLayerKey(repo, layer, testSpanSize))
+	return err == nil
+}
+
+// anyLayer returns a loaded layer with digest d (trusted or scoped), or
+// nil.
+func (ts *testStore) anyLayer(d digest.Digest) *layer {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	for k, l := range ts.layers {
+		if k.digest == d {
+			return l
+		}
+	}
+	return nil
 }

@@ -49,7 +49,7 @@ func (s *Store) buildLayerIndex(ctx context.Context, ref reference.Named, img *r
 	case <-ctx.Done():
 		return "", ctx.Err()
 	}
-	res, err := s.BuildLayer(ctx, desc, blob, true, nil)
+	res, err := s.BuildLayer(ctx, ref, desc, blob, true, nil)
 	if err != nil {
 		log.WithError(err).Warn("Indexing the layer failed")
 		return "", err
@@ -64,14 +64,14 @@ func (s *Store) buildLayerIndex(ctx context.Context, ref reference.Named, img *r
 // compressed spans go into the span cache as they stream. progress, when set,
 // receives the compressed bytes read so far. The zTOC is stored in the local
 // artifact store and mapped to the layer.
-func (s *Store) BuildLayer(ctx context.Context, desc remote.Layer, blob layerStreamer, cacheSpans bool, progress func(int64)) (*BuildResult, error) {
+func (s *Store) BuildLayer(ctx context.Context, ref reference.Named, desc remote.Layer, blob layerStreamer, cacheSpans bool, progress func(int64)) (*BuildResult, error) {
 	start := time.Now()
 	rc, err := blob.Open(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("open layer %s: %w", desc.Digest, err)
 	}
 	defer rc.Close()
-	opts := ztoc.BuildOptions{SpanSize: int64(s.cfg.Index.SpanSize), OnProgress: progress}
+	opts := ztoc.BuildOptions{SpanSize: int64(s.cfg.Index.SpanSize), OnProgress: progress, Limits: s.limits()}
 	// Spans are cached as they stream, under a group of their own until
 	// the zTOC (which names their layout) is known.
 	staging := fmt.Sprintf("build-%s-%d", desc.Digest.Encoded()[:32], time.Now().UnixNano())
@@ -118,13 +118,21 @@ func (s *Store) BuildLayer(ctx context.Context, desc remote.Layer, blob layerStr
 	if err := s.local.WriteRef(ctx, artifact.LayerRef, key, zd); err != nil {
 		return nil, err
 	}
-	s.share(func(ctx context.Context) error {
+	s.shareFor(ref, func(ctx context.Context) error {
 		if err := s.shared.WriteBlob(ctx, zd, data); err != nil {
 			return err
 		}
 		return s.shared.WriteRef(ctx, artifact.LayerRef, key, zd)
 	})
 	return &BuildResult{Layer: desc, ZtocDigest: zd, ZtocSize: int64(len(data)), Spans: int(res.Ztoc.CompressionInfo.MaxSpanID) + 1, Took: time.Since(start)}, nil
+}
+
+// shareFor shares artifacts of ref's image (share) when artifacts.share
+// allows it for the image.
+func (s *Store) shareFor(ref reference.Named, fn func(ctx context.Context) error) {
+	if s.mayShare(ref) {
+		s.share(fn)
+	}
 }
 
 // share runs fn against the shared artifact store in the background (a
@@ -176,7 +184,7 @@ func (s *Store) afterBuild(ref reference.Named, img *remote.Image) {
 	if err != nil {
 		return // not all layers indexed yet
 	}
-	data, err := s.StoreImageIndex(s.ctx, img, layers)
+	data, err := s.StoreImageIndex(s.ctx, ref, img, layers)
 	if err != nil {
 		s.log.WithError(err).WithField("ref", ref).Warn("Storing the image's SOCI index")
 		return
@@ -230,7 +238,7 @@ func (s *Store) ImageIndexLayers(ctx context.Context, img *remote.Image) ([]ztoc
 
 // StoreImageIndex builds a SOCI v1 index for img, stores it locally, maps the
 // image to it, and shares index and zTOCs in the background.
-func (s *Store) StoreImageIndex(ctx context.Context, img *remote.Image, layers []ztoc.IndexLayer) ([]byte, error) {
+func (s *Store) StoreImageIndex(ctx context.Context, ref reference.Named, img *remote.Image, layers []ztoc.IndexLayer) ([]byte, error) {
 	subject := ocispec.Descriptor{MediaType: img.MediaType, Digest: img.ManifestDigest, Size: int64(len(img.Manifest))}
 	data, desc, err := ztoc.BuildIndexV1(layers, subject, nil)
 	if err != nil {
@@ -243,7 +251,7 @@ func (s *Store) StoreImageIndex(ctx context.Context, img *remote.Image, layers [
 	if err := s.local.WriteRef(ctx, artifact.ImageRef, key, desc.Digest); err != nil {
 		return nil, err
 	}
-	s.share(func(ctx context.Context) error {
+	s.shareFor(ref, func(ctx context.Context) error {
 		for _, l := range layers {
 			zt, err := s.local.ReadBlob(ctx, l.ZtocDigest)
 			if err != nil {
@@ -326,7 +334,7 @@ func (s *Store) IndexImage(ctx context.Context, refStr string, push bool, progre
 			blob, err := s.client.Blob(ref, d.Digest, d.Size)
 			if err == nil {
 				var res *BuildResult
-				res, err = s.BuildLayer(ctx, d, blob, false, func(n int64) { progress.LayerProgress(d, n) })
+				res, err = s.BuildLayer(ctx, ref, d, blob, false, func(n int64) { progress.LayerProgress(d, n) })
 				progress.LayerDone(d, res, false, err)
 			}
 			errs[i] = err
@@ -340,7 +348,7 @@ func (s *Store) IndexImage(ctx context.Context, refStr string, push bool, progre
 	if err != nil {
 		return nil, err
 	}
-	data, err := s.StoreImageIndex(ctx, img, layers)
+	data, err := s.StoreImageIndex(ctx, ref, img, layers)
 	if err != nil {
 		return nil, err
 	}

@@ -52,9 +52,10 @@ type layer struct {
 	// onBad takes the layer out of service (set by the Store).
 	onBad func(reason string)
 
-	// checked marks entries whose tar header was checked against the zTOC
-	// (on the first read of each file).
-	checked    []atomic.Bool
+	// checks records the entries whose tar headers were checked against
+	// the zTOC (a file before its first byte is served, a hard link before
+	// its metadata is).
+	checks     *ztoc.HeaderChecks
 	reads      atomic.Int64
 	readErrors atomic.Int64
 	verified   atomic.Bool
@@ -72,6 +73,10 @@ type layer struct {
 	// idleSince is when uses and views last dropped to zero.
 	idleSince time.Time
 	closed    bool
+
+	// scope is, while the layer's index is not trusted, the repository it
+	// serves (its key in Store.layers). Guarded by Store.mu.
+	scope string
 }
 
 // blobSource reads byte ranges of one layer blob from a registry.
@@ -138,17 +143,11 @@ func (l *layer) ReadFile(ctx context.Context, i int, p []byte, off int64) (int, 
 		return 0, fmt.Errorf("%w: %q is a %s, not a regular file", ztoc.ErrNotExist, m.Name, m.Type)
 	}
 	// Before the first byte of a file is served, the tar header in front
-	// of its data must be this file's: a zTOC with moved offsets or wrong
-	// sizes never serves wrong bytes.
-	if !l.checked[i].Load() {
-		if err := l.checkHeader(ctx, i, off, int64(len(p))); err != nil {
-			l.readFailed(err, m.Name)
-			if errors.Is(err, ztoc.ErrHeaderMismatch) {
-				l.markBadFn(err.Error())
-			}
-			return 0, err
-		}
-		l.checked[i].Store(true)
+	// of its data must be this file's in every field: a zTOC with moved
+	// offsets, wrong sizes or made-up metadata never serves wrong bytes.
+	if err := l.checkEntry(ctx, i, off, int64(len(p))); err != nil {
+		l.readFailed(err, m.Name)
+		return 0, err
 	}
 	if off >= m.UncompressedSize {
 		return 0, io.EOF
@@ -170,15 +169,52 @@ func (l *layer) ReadFile(ctx context.Context, i int, p []byte, off int64) (int, 
 	return n, err
 }
 
-// checkHeader checks entry i's tar header, fetching the header's spans and
-// those of the read that follows in one request when they are adjacent.
-func (l *layer) checkHeader(ctx context.Context, i int, off, n int64) error {
-	if a, c, ok := l.x.HeaderSpans(i, off, n); ok {
-		if err := l.spans.Fetch(ctx, int(a), int(c), spans.Demand); err != nil {
-			return fmt.Errorf("read header of %q: %w", l.x.Entries()[i].Name, err)
+// checkEntry checks entry i against its own tar header run (once: the
+// result is remembered), fetching the spans that hold it, and those of a
+// read of n bytes at off in the file that follows when they are adjacent,
+// in one request. A mismatch takes the layer out of service.
+func (l *layer) checkEntry(ctx context.Context, i int, off, n int64) error {
+	if checked, err := l.checks.Result(i); checked {
+		return err
+	}
+	m := &l.x.Entries()[i]
+	hs, he := l.x.HeaderRange(i)
+	a, c := l.x.SpanOf(hs), l.x.SpanOf(max(he-1, hs))
+	if m.Type == ztoc.TypeReg && off >= 0 && off < m.UncompressedSize && n > 0 {
+		b, end := l.x.SpanOf(m.UncompressedOffset+off), l.x.SpanOf(m.UncompressedOffset+min(off+n, m.UncompressedSize)-1)
+		if b-c <= 1 {
+			c = max(c, end)
 		}
 	}
-	return l.x.CheckHeader(ctx, i, l.spans.Peek)
+	if err := l.spans.Fetch(ctx, int(a), int(c), spans.Demand); err != nil {
+		return fmt.Errorf("read the tar header of %q: %w", m.Name, err)
+	}
+	run := make([]byte, he-hs)
+	if _, err := l.spans.Peek(ctx, run, hs); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("read the tar header of %q: %w", m.Name, err)
+	}
+	err := l.x.CheckHeaderRun(i, run)
+	l.checks.Record(i, err)
+	if errors.Is(err, ztoc.ErrHeaderMismatch) {
+		l.markBadFn(err.Error())
+	}
+	return err
+}
+
+// checkHardLinks checks the tar headers of every hard link of the layer:
+// the FUSE tree applies a hard link's metadata (mode, owner, xattrs) to the
+// file it links to, as an extraction does, so it must be the layer's
+// before the tree is served. Headers in the same spans are fetched once.
+func (l *layer) checkHardLinks(ctx context.Context) error {
+	for i, e := range l.x.Entries() {
+		if e.Type != ztoc.TypeHardlink {
+			continue
+		}
+		if err := l.checkEntry(ctx, i, 0, 0); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // readFailed counts and logs a failed read; interrupted reads are the
@@ -292,7 +328,7 @@ func (z ztocLayout) SpanOf(off int64) int { return int(z.x.SpanOf(off)) }
 func (z ztocLayout) Verify(id int, c []byte) error { return z.x.VerifySpan(ztoc.SpanID(id), c) }
 
 func (z ztocLayout) Inflate(id int, c, dst []byte) ([]byte, error) {
-	return z.x.InflateVerified(ztoc.SpanID(id), c, dst)
+	return z.x.InflateVerifiedSpan(ztoc.SpanID(id), c, dst)
 }
 
 // spanGroup names a layer's spans in the span cache: the layer and the

@@ -101,9 +101,17 @@ func TestLookupSources(t *testing.T) {
 				t.Errorf("referrers tag asked for = %v, want %v", got, tc.wantTagFallback)
 			}
 			checkAllFiles(t, lv, l, 100<<10)
-			// The zTOC is in the local store now, whatever its origin.
-			if blob, mapping := localArtifacts(t, root, l.digest, z.digest); !blob || !mapping {
-				t.Errorf("local store after lookup: zTOC %v, mapping %v, want both", blob, mapping)
+			// The zTOC is in the local store now, whatever its origin: for
+			// every image when it was (built or verified) here, for this
+			// repository only when it came from the registry.
+			blob, mapping := localArtifacts(t, root, l.digest, z.digest)
+			scoped := scopedMapping(t, root, img.named.Name(), l.digest)
+			if trusted := tc.wantSource == "local"; !blob || mapping != trusted || scoped == trusted {
+				t.Errorf("local store after lookup: zTOC %v, mapping for every image %v, for this repository %v; want the zTOC and the mapping for %s",
+					blob, mapping, scoped, map[bool]string{true: "every image", false: "this repository"}[trusted])
+			}
+			if _, ls := s.status(t, l.digest); ls.Verified != (tc.wantSource == "local") {
+				t.Errorf("verified = %v for an index from %s", ls.Verified, tc.wantSource)
 			}
 		})
 	}
@@ -152,7 +160,7 @@ func TestLookupBuildSync(t *testing.T) {
 // mustZtocDigest returns the zTOC digest of a served layer.
 func mustZtocDigest(t testing.TB, s *testStore, d digest.Digest) digest.Digest {
 	t.Helper()
-	l := s.knownLayer(d)
+	l := s.anyLayer(d)
 	if l == nil {
 		t.Fatalf("layer %s not known", d)
 	}

@@ -61,8 +61,9 @@ func (s *Store) lookup(ctx context.Context, refStr string, dgst digest.Digest, i
 		return nil, fmt.Errorf("%w: %w", ErrNotServed, err)
 	}
 	if refStr == "" {
-		// The store mounted without ":ref": only layers already known.
-		l := s.knownLayer(dgst)
+		// The store mounted without ":ref": only layers already known, and
+		// trusted (an index not verified serves its repository only).
+		l := s.knownLayer(dgst, "")
 		if l == nil {
 			return nil, fmt.Errorf("%w: unknown layer without an image reference", ErrNotServed)
 		}
@@ -159,40 +160,84 @@ func (s *Store) resolveImage(ctx context.Context, ref reference.Named) (*remote.
 	return v.(*remote.Image), nil
 }
 
-// knownLayer returns a layer already served, or nil.
-func (s *Store) knownLayer(dgst digest.Digest) *layer {
+// layerKey names a loaded layer: its digest, and for a layer whose index
+// is not trusted (not built or verified here) the repository it was found
+// through, the only one it serves.
+type layerKey struct {
+	digest digest.Digest
+	scope  string // "" for a trusted index
+}
+
+// scopeOf is the repository an untrusted index found for ref serves.
+func scopeOf(ref reference.Named) string { return reference.TrimNamed(ref).Name() }
+
+// knownLayer returns the loaded layer dgst that serves images of repository
+// scope: the one with a trusted index, else the one scoped to it; nil when
+// there is none.
+func (s *Store) knownLayer(dgst digest.Digest, scope string) *layer {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.layers[dgst]
+	if l := s.layers[layerKey{dgst, ""}]; l != nil {
+		return l
+	}
+	if scope == "" {
+		return nil
+	}
+	return s.layers[layerKey{dgst, scope}]
+}
+
+// refScope returns the scope of a reference string as the FUSE tree passes
+// it ("" when it names no image).
+func refScope(refStr string) string {
+	refStr = strings.TrimPrefix(refStr, TOCRefPrefix)
+	ref, err := reference.ParseNormalizedNamed(refStr)
+	if err != nil {
+		return ""
+	}
+	return scopeOf(ref)
 }
 
 // layerFor returns the served layer for desc, loading it (finding or
-// building its zTOC) once however many lookups ask at the same time.
+// building its zTOC) once however many lookups ask at the same time. A
+// layer loaded for another repository with an index not trusted yet does
+// not serve ref: then one more load looks for an index for ref's
+// repository.
 func (s *Store) layerFor(ctx context.Context, ref reference.Named, img *remote.Image, desc remote.Layer, blob *remote.Blob, log *logrus.Entry) (*layer, error) {
-	if l := s.knownLayer(desc.Digest); l != nil && l.spans.Bad() == "" {
-		return l, nil
-	}
-	v, err, _ := s.layerSF.Do(desc.Digest.String(), func() (any, error) {
-		if l := s.knownLayer(desc.Digest); l != nil && l.spans.Bad() == "" {
+	scope := scopeOf(ref)
+	for _, key := range []string{desc.Digest.String(), desc.Digest.String() + "@" + scope} {
+		if l := s.knownLayer(desc.Digest, scope); l != nil && l.spans.Bad() == "" {
 			return l, nil
 		}
-		l, err := s.loadLayer(ctx, ref, img, desc, blob, log)
+		v, err, _ := s.layerSF.Do(key, func() (any, error) {
+			if l := s.knownLayer(desc.Digest, scope); l != nil && l.spans.Bad() == "" {
+				return l, nil
+			}
+			l, err := s.loadLayer(ctx, ref, img, desc, blob, log)
+			if err != nil {
+				return nil, err
+			}
+			s.mu.Lock()
+			k := layerKey{desc.Digest, l.scope}
+			old := s.layers[k]
+			s.layers[k] = l
+			s.mu.Unlock()
+			if old != nil {
+				s.replaceLayer(old, l)
+			}
+			return l, nil
+		})
 		if err != nil {
 			return nil, err
 		}
+		l := v.(*layer)
 		s.mu.Lock()
-		old := s.layers[desc.Digest]
-		s.layers[desc.Digest] = l
+		lscope := l.scope
 		s.mu.Unlock()
-		if old != nil {
-			s.replaceLayer(old, l)
+		if lscope == "" || lscope == scope {
+			return l, nil
 		}
-		return l, nil
-	})
-	if err != nil {
-		return nil, err
 	}
-	return v.(*layer), nil
+	return nil, fmt.Errorf("%w: no index for %s usable for %s", ErrNotServed, desc.Digest, scope)
 }
 
 // replaceLayer hands the host's references of a layer found bad over to its
@@ -232,12 +277,12 @@ func (s *Store) replaceLayer(old, l *layer) {
 // loadLayer finds the layer's zTOC (local store, shared store, the image's
 // registry), or builds it, and opens it.
 func (s *Store) loadLayer(ctx context.Context, ref reference.Named, img *remote.Image, desc remote.Layer, blob *remote.Blob, log *logrus.Entry) (*layer, error) {
-	zd, source, err := s.findZtoc(ctx, ref, img, desc, log)
+	found, err := s.findZtoc(ctx, ref, img, desc, log)
 	if errors.Is(err, ErrNoIndex) {
 		switch s.cfg.Index.OnDemand {
 		case "sync":
-			zd, err = s.buildLayerIndex(ctx, ref, img, desc, blob, log)
-			source = "built"
+			found.digest, err = s.buildLayerIndex(ctx, ref, img, desc, blob, log)
+			found.source, found.trusted = "built", true
 		case "background":
 			s.buildInBackground(ref, img, desc, blob, log)
 		}
@@ -245,14 +290,26 @@ func (s *Store) loadLayer(ctx context.Context, ref reference.Named, img *remote.
 	if err != nil {
 		return nil, err
 	}
-	l, err := s.openLayer(ctx, desc, zd, source, blob, log)
+	l, err := s.openLayer(ctx, desc, found, blob, log)
 	if err != nil {
 		return nil, err
 	}
-	if source == "built" {
-		// Built from the layer itself: digest and DiffID were checked while
-		// streaming, and every span went into the cache.
+	l.addSource(ref, blob)
+	if found.trusted {
+		// Built here from the layer itself (digest, DiffID and every header
+		// checked while streaming), or verified here before.
 		l.verified.Store(true)
+		return l, nil
+	}
+	// An index from elsewhere serves this repository only until the layer
+	// is verified in full; the metadata the tree applies for hard links
+	// must be the layer's before anything is served.
+	s.mu.Lock()
+	l.scope = scopeOf(ref)
+	s.mu.Unlock()
+	if err := l.checkHardLinks(ctx); err != nil {
+		l.close()
+		return nil, fmt.Errorf("%w: %w", ErrNotServed, err)
 	}
 	return l, nil
 }
@@ -261,7 +318,8 @@ func (s *Store) loadLayer(ctx context.Context, ref reference.Named, img *remote.
 // zTOC that cannot be decoded or does not fit the layer is dropped so the
 // next lookup finds or builds another; one that merely could not be used now
 // (the registry failed to send the layer's header) is kept.
-func (s *Store) openLayer(ctx context.Context, desc remote.Layer, zd digest.Digest, source string, blob blobSource, log *logrus.Entry) (*layer, error) {
+func (s *Store) openLayer(ctx context.Context, desc remote.Layer, found ztocFound, blob blobSource, log *logrus.Entry) (*layer, error) {
+	zd := found.digest
 	f, size, err := s.local.Open(zd)
 	if err != nil {
 		return nil, err
@@ -272,7 +330,7 @@ func (s *Store) openLayer(ctx context.Context, desc remote.Layer, zd digest.Dige
 		s.forgetZtoc(desc.Digest, zd)
 		return nil, err
 	}
-	x, err := ztoc.OpenLayerIndex(f, size)
+	x, err := ztoc.OpenLayerIndex(f, size, ztoc.WithLimits(s.limits()))
 	if err != nil {
 		return unusable(fmt.Errorf("open zTOC %s: %w", zd, err))
 	}
@@ -289,36 +347,51 @@ func (s *Store) openLayer(ctx context.Context, desc remote.Layer, zd digest.Dige
 		}
 		header = bufs[0]
 	}
-	return s.newLayer(layerParts{desc: desc, ztocDigest: zd, source: source, file: f, x: x, header: header}, log.WithField("ztoc", zd)), nil
+	return s.newLayer(layerParts{desc: desc, ztocDigest: zd, source: found.source, file: f, x: x, header: header}, log.WithField("ztoc", zd)), nil
 }
 
-// findZtoc looks for the layer's zTOC: local store, shared store, the
-// image's own registry (SOCI v2 annotation, then v1 referrers). Whatever is
-// found elsewhere is copied into the local store.
-func (s *Store) findZtoc(ctx context.Context, ref reference.Named, img *remote.Image, desc remote.Layer, log *logrus.Entry) (digest.Digest, string, error) {
+// ztocFound is a zTOC found for a layer, and where.
+type ztocFound struct {
+	digest digest.Digest
+	source string // "local", "shared", "registry", "built"
+	// trusted is set for a zTOC built here from the layer, or verified here
+	// against it: it serves every image with the layer. Others serve the
+	// repository they were found through until the layer is verified.
+	trusted bool
+}
+
+// findZtoc looks for the layer's zTOC: local store (trusted, then found
+// earlier for this repository), shared store, the image's own registry
+// (SOCI v2 annotation, then v1 referrers). Whatever is found elsewhere is
+// copied into the local store, scoped to the repository.
+func (s *Store) findZtoc(ctx context.Context, ref reference.Named, img *remote.Image, desc remote.Layer, log *logrus.Entry) (ztocFound, error) {
 	spanSize := int64(s.cfg.Index.SpanSize)
 	layerKey := artifact.LayerKey(desc.Digest, spanSize)
+	scopedKey := artifact.ScopedLayerKey(scopeOf(ref), desc.Digest, spanSize)
 	imageKey := artifact.ImageKey(img.ManifestDigest, spanSize)
 
-	// 1. Local store. An image's SOCI index may name a zTOC evicted since.
+	// 1. Local store, trusted: the layer's mapping, or the SOCI index of
+	// the image built here. An index may name a zTOC evicted since.
 	zd, err := s.findIn(ctx, s.local, layerKey, imageKey, desc.Digest)
+	if err == nil && !s.local.HasBlob(zd) {
+		err = fmt.Errorf("zTOC %s: %w", zd, artifact.ErrNotFound)
+	}
 	if err == nil {
-		f, _, oerr := s.local.Open(zd)
-		if oerr == nil {
-			f.Close()
-			return zd, "local", nil
-		}
-		err = oerr
+		return ztocFound{zd, "local", true}, nil
 	}
 	if !errors.Is(err, artifact.ErrNotFound) {
 		log.WithError(err).Warn("Local artifact store")
 	}
-	// 2. The fleet's shared store.
+	// 2. Local store, found earlier for this repository.
+	if zd, err := s.local.ReadRef(ctx, artifact.LayerRef, scopedKey); err == nil {
+		return ztocFound{zd, "local", false}, nil
+	}
+	// 3. The fleet's shared store.
 	if s.shared != nil {
 		zd, err := s.findIn(ctx, s.shared, layerKey, imageKey, desc.Digest)
 		if err == nil {
-			if err := s.copyToLocal(ctx, s.shared, zd, layerKey); err == nil {
-				return zd, "shared", nil
+			if err := s.copyToLocal(ctx, s.shared, zd, scopedKey); err == nil {
+				return ztocFound{zd, "shared", false}, nil
 			} else {
 				log.WithError(err).Warn("Copying zTOC from the shared artifact store failed")
 			}
@@ -326,24 +399,27 @@ func (s *Store) findZtoc(ctx context.Context, ref reference.Named, img *remote.I
 			log.WithError(err).Warn("Shared artifact store unavailable")
 		}
 	}
-	// 3. A SOCI index in the image's registry.
+	// 4. A SOCI index in the image's registry.
 	idx, err := s.registryIndex(ctx, ref, img)
 	if err != nil {
 		log.WithError(err).Debug("No SOCI index in the image's registry")
 	} else if zdesc, ok := idx.ZtocFor(desc.Digest); ok {
+		if zdesc.Size > s.limits().MaxZtocSize {
+			return ztocFound{}, fmt.Errorf("%w: zTOC %s of %d bytes is above the limit", ErrNoIndex, zdesc.Digest, zdesc.Size)
+		}
 		data, err := s.client.GetBlob(ctx, ref, zdesc.Digest)
 		if err != nil {
-			return "", "", fmt.Errorf("fetch zTOC %s: %w", zdesc.Digest, err)
+			return ztocFound{}, fmt.Errorf("fetch zTOC %s: %w", zdesc.Digest, err)
 		}
 		if err := s.local.WriteBlob(ctx, zdesc.Digest, data); err != nil {
-			return "", "", err
+			return ztocFound{}, err
 		}
-		if err := s.local.WriteRef(ctx, artifact.LayerRef, layerKey, zdesc.Digest); err != nil {
-			return "", "", err
+		if err := s.local.WriteRef(ctx, artifact.LayerRef, scopedKey, zdesc.Digest); err != nil {
+			return ztocFound{}, err
 		}
-		return zdesc.Digest, "registry", nil
+		return ztocFound{zdesc.Digest, "registry", false}, nil
 	}
-	return "", "", ErrNoIndex
+	return ztocFound{}, ErrNoIndex
 }
 
 // findIn looks a layer's zTOC up in one backend: by layer, then through the
@@ -375,23 +451,23 @@ func (s *Store) findIn(ctx context.Context, b artifact.Backend, layerKey, imageK
 	return zdesc.Digest, nil
 }
 
-// copyToLocal copies zTOC zd from b into the local store and maps the layer
-// to it.
-func (s *Store) copyToLocal(ctx context.Context, b artifact.Backend, zd digest.Digest, layerKey string) error {
-	if _, err := s.local.ReadRef(ctx, artifact.LayerRef, layerKey); err == nil {
-		if f, _, err := s.local.Open(zd); err == nil {
-			f.Close()
-			return nil
-		}
+// copyToLocal copies zTOC zd from b into the local store and maps key to
+// it.
+func (s *Store) copyToLocal(ctx context.Context, b artifact.Backend, zd digest.Digest, key string) error {
+	if got, err := s.local.ReadRef(ctx, artifact.LayerRef, key); err == nil && got == zd {
+		return nil
 	}
 	data, err := b.ReadBlob(ctx, zd)
 	if err != nil {
 		return err
 	}
+	if int64(len(data)) > s.limits().MaxZtocSize {
+		return fmt.Errorf("zTOC %s of %d bytes is above the limit", zd, len(data))
+	}
 	if err := s.local.WriteBlob(ctx, zd, data); err != nil {
 		return err
 	}
-	return s.local.WriteRef(ctx, artifact.LayerRef, layerKey, zd)
+	return s.local.WriteRef(ctx, artifact.LayerRef, key, zd)
 }
 
 // registryIndex finds a SOCI index for img in its registry, once per image
@@ -399,7 +475,9 @@ func (s *Store) copyToLocal(ctx context.Context, b artifact.Backend, zd digest.D
 // the v2 annotation on the manifest, else v1 referrers (the OCI referrers
 // API, or the sha256-<hex> tag fallback).
 func (s *Store) registryIndex(ctx context.Context, ref reference.Named, img *remote.Image) (*ztoc.Index, error) {
-	key := img.ManifestDigest.String()
+	// Referrers live in a repository: the same manifest elsewhere may have
+	// other (or no) indexes.
+	key := scopeOf(ref) + "@" + img.ManifestDigest.String()
 	v, err, _ := s.indexSF.Do(key, func() (any, error) {
 		s.mu.Lock()
 		e, ok := s.registryIndexes[key]
@@ -463,8 +541,11 @@ func (s *Store) fetchSociIndex(ctx context.Context, ref reference.Named, d diges
 	return ztoc.ParseIndex(data)
 }
 
-// forgetZtoc drops a zTOC that turned out unusable or wrong.
+// forgetZtoc drops a zTOC that turned out unusable or wrong (every mapping
+// to it reads as missing once the blob is gone).
 func (s *Store) forgetZtoc(layer, zd digest.Digest) {
 	_ = s.local.DeleteBlob(zd)
-	_ = s.local.DeleteRef(artifact.LayerRef, artifact.LayerKey(layer, int64(s.cfg.Index.SpanSize)))
+	if got, err := s.local.ReadRef(context.Background(), artifact.LayerRef, artifact.LayerKey(layer, int64(s.cfg.Index.SpanSize))); err == nil && got == zd {
+		_ = s.local.DeleteRef(artifact.LayerRef, artifact.LayerKey(layer, int64(s.cfg.Index.SpanSize)))
+	}
 }

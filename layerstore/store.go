@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -24,6 +23,7 @@ import (
 	"github.com/lazypull/lazypull/layerstore/diskcache"
 	"github.com/lazypull/lazypull/layerstore/remote"
 	"github.com/lazypull/lazypull/layerstore/spans"
+	"github.com/lazypull/lazypull/ztoc"
 )
 
 // Options are the parts of a Store that are not configuration.
@@ -44,6 +44,9 @@ type Options struct {
 	// OnClose, when set, runs last in Close (e.g. closing the credential
 	// manager behind Auth).
 	OnClose func() error
+	// HasCredentials reports whether the daemon reads ref's image with
+	// credentials (not a public image); nil means never.
+	HasCredentials func(ref reference.Named) bool
 }
 
 // Lifetimes of what the daemon keeps in memory (not configuration).
@@ -101,8 +104,9 @@ type Store struct {
 	evicter viewEvicter // set by Serve once mounted
 
 	mu sync.Mutex // guards the fields below
-	// layers are the layers loaded, by compressed digest.
-	layers          map[digest.Digest]*layer
+	// layers are the layers loaded, by compressed digest and, for a layer
+	// whose index is not trusted, the repository it serves.
+	layers          map[layerKey]*layer
 	images          map[string]*imageEntry
 	registryIndexes map[string]*registryIndexEntry
 	building        map[digest.Digest]bool // background builds in progress
@@ -192,7 +196,7 @@ func open(cfg config.Config, opts Options, lock *rootLock) (*Store, error) {
 		buildSem:        make(chan struct{}, cfg.Index.Parallel),
 		ctx:             ctx,
 		cancel:          cancel,
-		layers:          make(map[digest.Digest]*layer),
+		layers:          make(map[layerKey]*layer),
 		images:          make(map[string]*imageEntry),
 		registryIndexes: make(map[string]*registryIndexEntry),
 		building:        make(map[digest.Digest]bool),
@@ -251,7 +255,7 @@ func (s *Store) Close() error {
 	s.wg.Wait()
 	s.mu.Lock()
 	layers := s.layers
-	s.layers = map[digest.Digest]*layer{}
+	s.layers = map[layerKey]*layer{}
 	s.mu.Unlock()
 	for _, l := range layers {
 		l.close()
@@ -298,15 +302,71 @@ func (s *Store) evicterOf() viewEvicter {
 
 // Use implements alsfs.Resolver.
 func (s *Store) Use(ref string, dgst digest.Digest) {
-	if l := s.knownLayer(dgst); l != nil {
+	if l := s.knownLayer(dgst, refScope(ref)); l != nil {
 		l.use(s)
 	}
 }
 
 // Release implements alsfs.Resolver.
 func (s *Store) Release(ref string, dgst digest.Digest) {
-	if l := s.knownLayer(dgst); l != nil {
+	if l := s.knownLayer(dgst, refScope(ref)); l != nil {
 		l.release(s)
+	}
+}
+
+// promote makes the index of a layer verified in full trusted: its
+// mapping becomes the layer's for every image (and is shared when
+// artifacts.share allows), and the layer serves every repository.
+func (s *Store) promote(l *layer) {
+	key := artifact.LayerKey(l.digest, int64(s.cfg.Index.SpanSize))
+	if err := s.local.WriteRef(s.ctx, artifact.LayerRef, key, l.ztocDigest); err != nil {
+		l.log.WithError(err).Warn("Recording the verified index")
+	}
+	s.mu.Lock()
+	if l.scope != "" && s.layers[layerKey{l.digest, l.scope}] == l && s.layers[layerKey{l.digest, ""}] == nil {
+		delete(s.layers, layerKey{l.digest, l.scope})
+		l.scope = ""
+		s.layers[layerKey{l.digest, ""}] = l
+	}
+	s.mu.Unlock()
+	if ref := l.latestRef(); s.mayShare(ref) {
+		zd := l.ztocDigest
+		s.share(func(ctx context.Context) error {
+			data, err := s.local.ReadBlob(ctx, zd)
+			if err != nil {
+				return err
+			}
+			if err := s.shared.WriteBlob(ctx, zd, data); err != nil {
+				return err
+			}
+			return s.shared.WriteRef(ctx, artifact.LayerRef, key, zd)
+		})
+	}
+}
+
+// mayShare reports whether indexes of ref's image may go to the shared
+// repository (artifacts.share): "all", "none", or "public", images this
+// daemon reads without credentials.
+func (s *Store) mayShare(ref reference.Named) bool {
+	if s.shared == nil {
+		return false
+	}
+	switch s.cfg.Artifacts.Share {
+	case "all":
+		return true
+	case "public":
+		return s.opts.HasCredentials == nil || !s.opts.HasCredentials(ref)
+	}
+	return false
+}
+
+// limits are the bounds on what comes from outside (zTOCs, SOCI indexes,
+// layers indexed here).
+func (s *Store) limits() ztoc.Limits {
+	return ztoc.Limits{
+		MaxZtocSize: int64(s.cfg.Index.MaxZtocSize),
+		MaxEntries:  s.cfg.Index.MaxEntries,
+		MaxSpanSize: int64(s.cfg.Index.MaxSpanSize),
 	}
 }
 
@@ -440,9 +500,9 @@ func (s *Store) sweep(now time.Time, layerTTL, viewTTL time.Duration) int {
 	}
 	var drop []*layer
 	s.mu.Lock()
-	for d, l := range s.layers {
+	for k, l := range s.layers {
 		if idle := l.idleFor(now); idle > 0 && idle >= layerTTL {
-			delete(s.layers, d)
+			delete(s.layers, k)
 			drop = append(drop, l)
 		}
 	}
@@ -516,7 +576,7 @@ func (s *Store) newLayer(p layerParts, log *logrus.Entry) *layer {
 		mounted:    time.Now(),
 		log:        log,
 		metrics:    s.metrics,
-		checked:    make([]atomic.Bool, len(p.x.Entries())),
+		checks:     ztoc.NewHeaderChecks(len(p.x.Entries())),
 	}
 	l.onBad = func(reason string) { s.markBad(l, reason) }
 	l.spans = spans.New(spans.Options{

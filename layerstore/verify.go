@@ -2,7 +2,6 @@ package layerstore
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 
@@ -14,10 +13,11 @@ import (
 
 // verifyLayer checks a layer as a whole: it streams the compressed blob
 // (header, then every span without the byte adjacent spans share; spans
-// not here are fetched in order at Verify priority) through the zTOC
-// builder and compares the blob's digest and size, the DiffID from the
-// image config, and every tar header against the zTOC. A mismatch marks
-// the layer bad. It returns nil once the layer is verified.
+// not here are fetched in order at Verify priority) through ztoc's Verify,
+// which checks the blob's digest and size, the DiffID from the image
+// config, every checkpoint (in, out, bits, window) against the real deflate
+// stream and every entry against its own tar header. A mismatch marks the
+// layer bad. It returns nil once the layer is verified.
 func (s *Store) verifyLayer(ctx context.Context, l *layer) error {
 	if l.verified.Load() {
 		return nil
@@ -25,48 +25,21 @@ func (s *Store) verifyLayer(ctx context.Context, l *layer) error {
 	if err := l.badErr(); err != nil {
 		return err
 	}
-	res, err := ztoc.Build(ctx, &layerStream{l: l, ctx: ctx, batch: int64(s.cfg.Prefetch.BatchSize)}, ztoc.BuildOptions{SpanSize: 1 << 62})
+	stream := &layerStream{l: l, ctx: ctx, batch: int64(s.cfg.Prefetch.BatchSize)}
+	res, err := l.x.Verify(ctx, stream, ztoc.VerifyOptions{Digest: l.digest, DiffID: l.diffID})
 	if err != nil {
-		if ctx.Err() != nil || isFetchError(err) {
-			return err
+		if ctx.Err() != nil || stream.err != nil {
+			return err // not the layer's fault: fetching failed
 		}
 		reason := fmt.Sprintf("whole-layer verification: %v", err)
 		s.markBad(l, reason)
 		return fmt.Errorf("%w: %s", ErrLayerBad, reason)
 	}
-	var problem string
-	switch {
-	case res.Digest != l.digest:
-		problem = fmt.Sprintf("blob digest is %s", res.Digest)
-	case res.Size != l.size:
-		problem = fmt.Sprintf("blob has %d bytes, want %d", res.Size, l.size)
-	case l.diffID != "" && res.DiffID != l.diffID:
-		problem = fmt.Sprintf("DiffID is %s, the image config says %s", res.DiffID, l.diffID)
-	default:
-		if err := ztoc.CompareTOC(l.x.Entries(), res.Ztoc.TOC.FileMetadata); err != nil {
-			problem = fmt.Sprintf("the zTOC does not describe the layer: %v", err)
-		}
-	}
-	if problem != "" {
-		s.markBad(l, problem)
-		return fmt.Errorf("%w: %s", ErrLayerBad, problem)
-	}
 	l.verified.Store(true)
+	s.promote(l)
 	s.metrics.verified.WithLabelValues("ok").Inc()
-	l.log.WithFields(logrus.Fields{"diff_id": res.DiffID}).Info("Layer verified: digest, DiffID and every tar header match")
+	l.log.WithFields(logrus.Fields{"diff_id": res.DiffID}).Info("Layer verified: digest, DiffID, every checkpoint and every tar header match")
 	return nil
-}
-
-// fetchError marks errors of getting the bytes (not of the bytes
-// themselves) while streaming a layer for verification.
-type fetchError struct{ err error }
-
-func (e fetchError) Error() string { return e.err.Error() }
-func (e fetchError) Unwrap() error { return e.err }
-
-func isFetchError(err error) bool {
-	var fe fetchError
-	return errors.As(err, &fe)
 }
 
 // layerStream reads the compressed layer in order from its spans, fetching
@@ -79,6 +52,8 @@ type layerStream struct {
 	pos   int64 // compressed offset of the next byte to return
 	buf   []byte
 	hdr   bool
+	// err is set when getting the bytes failed (not the bytes' fault).
+	err error
 }
 
 func (r *layerStream) Read(p []byte) (int, error) {
@@ -100,12 +75,14 @@ func (r *layerStream) Read(p []byte) (int, error) {
 				size += spanLen(r.l, last)
 			}
 			if err := m.Fetch(r.ctx, r.next, last, spans.Verify); err != nil {
-				return 0, fetchError{err}
+				r.err = err
+				return 0, err
 			}
 		}
 		data, err := m.Compressed(r.ctx, r.next, r.next, spans.Verify)
 		if err != nil {
-			return 0, fetchError{err}
+			r.err = err
+			return 0, err
 		}
 		s0, s1 := r.l.x.SpanCompressedRange(ztoc.SpanID(r.next))
 		if s0 > r.pos || s1 < r.pos {

@@ -155,14 +155,14 @@ func TestTamperedZtoc(t *testing.T) {
 			}
 		}
 	})
+	reg.pushSociV1(t, img, []*testZtoc{z}) // an index from outside: not trusted
 	s := newTestStore(t, reg, func(c *config.Config) { c.Prefetch.Enabled = true; c.Verify.Enabled = true }, Options{})
-	s.putZtoc(t, z)
 	lv := s.mustLookup(t, img.ref, l.digest)
 	ls := s.waitLayer(t, l.digest, 30*time.Second, "marked bad", func(ls *control.LayerStatus) bool { return ls.Bad != "" })
 	if ls.Verified {
 		t.Errorf("status %+v: a bad layer is verified", ls)
 	}
-	checkBadLayer(t, s, lv, l, z.digest, "zTOC does not describe the layer")
+	checkBadLayer(t, s, lv, l, z.digest, "whole-layer verification")
 	if m := metricsText(t, s); !strings.Contains(m, `lazypull_layer_verifications_total{result="bad"} 1`) {
 		t.Error("metrics do not count the failed verification")
 	}
@@ -228,8 +228,8 @@ func TestWrongDiffID(t *testing.T) {
 		reg := newTestRegistry(t)
 		img := reg.pushImage(t, "app/diffid", "v1", []*testLayer{l}, imageOptions{diffIDs: wrong})
 		z := buildZtoc(t, l, nil)
+		reg.pushSociV1(t, img, []*testZtoc{z})
 		s := newTestStore(t, reg, func(c *config.Config) { c.Prefetch.Enabled = true; c.Verify.Enabled = true }, Options{})
-		s.putZtoc(t, z)
 		lv := s.mustLookup(t, img.ref, l.digest)
 		s.waitLayer(t, l.digest, 30*time.Second, "marked bad", func(ls *control.LayerStatus) bool { return ls.Bad != "" })
 		checkBadLayer(t, s, lv, l, z.digest, "DiffID")
@@ -237,11 +237,21 @@ func TestWrongDiffID(t *testing.T) {
 }
 
 // TestVerifiedAfterPrefetch is the good case: a layer served from an index
-// is verified once prefetch has fetched it all.
+// found in the registry is verified once prefetch has fetched it all, and
+// its index is trusted from then on: for every image (another repository
+// with the layer uses it without looking for its own), and after a restart.
 func TestVerifiedAfterPrefetch(t *testing.T) {
 	reg := newTestRegistry(t)
 	l := stdLayer(t, 53, 300, 100)
-	s, img, _ := servedFromLocal(t, reg, l, func(c *config.Config) { c.Prefetch.Enabled = true; c.Verify.Enabled = true }, Options{})
+	img := reg.pushImage(t, "app/data", "v1", []*testLayer{l}, imageOptions{})
+	other := reg.pushImage(t, "app/other", "v1", []*testLayer{l}, imageOptions{})
+	z := buildZtoc(t, l, nil)
+	reg.pushSociV1(t, img, []*testZtoc{z})
+	s := newTestStore(t, reg, func(c *config.Config) { c.Prefetch.Enabled = true; c.Verify.Enabled = true; c.Index.OnDemand = "off" }, Options{})
+	// Before verification, the index serves its repository only.
+	if _, err := s.lookup(t, other.ref, l.digest); !errors.Is(err, ErrNoIndex) {
+		t.Fatalf("lookup through another repository before verification = %v, want ErrNoIndex", err)
+	}
 	lv := s.mustLookup(t, img.ref, l.digest)
 	ls := s.waitLayer(t, l.digest, 30*time.Second, "verified", func(ls *control.LayerStatus) bool { return ls.Verified })
 	if ls.Bad != "" || !prefetchDone(ls) || ls.SpansCached != ls.Spans {
@@ -253,6 +263,13 @@ func TestVerifiedAfterPrefetch(t *testing.T) {
 	c, _ := lv.Content()
 	if _, err := c.ReadFile(context.Background(), entryIndex(t, c, "etc/hostname"), make([]byte, 64), 0); err != nil && !errors.Is(err, io.EOF) {
 		t.Errorf("ReadFile of a verified layer: %v", err)
+	}
+	lo := s.mustLookup(t, other.ref, l.digest)
+	if lo.(*layerView).l != lv.(*layerView).l {
+		t.Error("another repository's lookup after verification loaded the layer again")
+	}
+	if blob, mapping := localArtifacts(t, s.root, l.digest, z.digest); !blob || !mapping {
+		t.Errorf("after verification: zTOC %v, mapping for every image %v; want both", blob, mapping)
 	}
 }
 

@@ -177,7 +177,7 @@ func cpuTime() time.Duration {
 // same bytes to io.Discard, both reading the layer from memory. MB/s counts
 // compressed input. The builder also reports the zTOC size as a share of
 // the layer ("index-%") and the bytes it allocates per MB of layer
-// ("B/MB-built").
+// ("B/MB-built"). Verify is measured on the same blob ("lazypull-verify").
 func BenchmarkBuild(b *testing.B) {
 	blob := benchLayer(b)
 	mb := float64(len(blob)) / 1e6
@@ -219,6 +219,26 @@ func BenchmarkBuild(b *testing.B) {
 		b.ReportMetric(mb*float64(b.N)/cpu.Seconds(), "MB/cpu-s")
 		b.ReportMetric(100*float64(len(zb))/float64(len(blob)), "index-%")
 		b.ReportMetric(float64(ms1.TotalAlloc-ms0.TotalAlloc)/float64(b.N)/mb, "B/MB-built")
+	})
+	// Whole-layer verification of the zTOC against the same blob: one pass
+	// like the builder, comparing instead of collecting.
+	b.Run("lazypull-verify", func(b *testing.B) {
+		x, _ := benchIndex(b)
+		opts := VerifyOptions{Digest: sha(blob)}
+		b.SetBytes(int64(len(blob)))
+		b.ReportAllocs()
+		var ms0, ms1 runtime.MemStats
+		runtime.ReadMemStats(&ms0)
+		cpu0 := cpuTime()
+		for b.Loop() {
+			if _, err := x.Verify(context.Background(), bytes.NewReader(blob), opts); err != nil {
+				b.Fatal(err)
+			}
+		}
+		cpu := cpuTime() - cpu0
+		runtime.ReadMemStats(&ms1)
+		b.ReportMetric(mb*float64(b.N)/cpu.Seconds(), "MB/cpu-s")
+		b.ReportMetric(float64(ms1.TotalAlloc-ms0.TotalAlloc)/float64(b.N)/mb, "B/MB-verified")
 	})
 }
 

@@ -34,6 +34,14 @@ type BuildOptions struct {
 	// OnProgress, when set, is called with the number of compressed bytes
 	// consumed so far, about every MiB.
 	OnProgress func(compressedBytes int64)
+	// Limits bounds the layer (entries, names, PAX records, span length,
+	// inflate ratio, zTOC size); the zero value means DefaultLimits. Build
+	// fails with ErrLimit as soon as the layer exceeds one, so its memory
+	// stays bounded whatever the stream holds: about the zTOC it returns
+	// (at most Limits.MaxZtocSize plus the file table, at most
+	// Limits.MaxMetadataBytes) plus one span (Limits.MaxSpanSize) when
+	// OnSpan is set.
+	Limits Limits
 }
 
 // BuildResult is what one pass over a layer yields.
@@ -60,11 +68,15 @@ var (
 // Build reads a layer blob once, from r, and returns its zTOC together with
 // the layer's digest, size and DiffID. Gzip layers (single or multi-member)
 // get checkpoints by SOCI's rule; uncompressed tar layers get fixed spans;
-// other compressions fail with ErrUnsupportedCompression.
+// other compressions fail with ErrUnsupportedCompression. A layer beyond
+// opts.Limits (a deflate block too long to place a checkpoint in, too many
+// entries, ...) fails with ErrLimit; the returned zTOC always opens with
+// NewLayerIndex under the same limits.
 func Build(ctx context.Context, r io.Reader, opts BuildOptions) (*BuildResult, error) {
 	if opts.SpanSize <= 0 {
 		opts.SpanSize = DefaultSpanSize
 	}
+	opts.Limits = opts.Limits.withDefaults()
 	if opts.BuildToolIdentifier == "" {
 		opts.BuildToolIdentifier = BuildToolIdentifier
 	}
@@ -130,10 +142,12 @@ type builder struct {
 }
 
 func buildGzip(ctx context.Context, r io.Reader, opts BuildOptions) (*BuildResult, error) {
+	lim := &opts.Limits
 	blob := newAsyncHash()
 	defer blob.stop()
-	b := &builder{opts: opts, spans: newSpanHasher(opts.OnSpan)}
+	b := &builder{opts: opts, spans: newSpanHasher(opts.OnSpan, lim)}
 	defer b.spans.stop()
+	entries := &entryCollector{lim: lim}
 
 	dec := flate.NewGzip(r)
 	var consumed int64
@@ -160,6 +174,19 @@ func buildGzip(ctx context.Context, r io.Reader, opts BuildOptions) (*BuildResul
 		if len(b.points) > 0 && bd.Out-b.last <= opts.SpanSize {
 			return nil
 		}
+		// Every checkpoint adds a 32 KiB window to the zTOC (and to memory
+		// until Build returns).
+		if len(b.points) >= lim.MaxSpans {
+			return overLimit(false, "ztoc: more than %d spans", lim.MaxSpans)
+		}
+		if size := int64(len(b.points)+1)*checkpointRecordSize + entries.encodedSize; size > lim.MaxZtocSize {
+			return overLimit(false, "ztoc: the zTOC would exceed %d bytes at %d spans and %d entries", lim.MaxZtocSize, len(b.points)+1, len(entries.list))
+		}
+		if len(b.points) > 0 {
+			if err := b.spans.checkRatio(bd.In, bd.Out-b.last); err != nil {
+				return err
+			}
+		}
 		w := make([]byte, WindowSize)
 		copy(w[WindowSize-len(window):], window)
 		b.points = append(b.points, Checkpoint{In: bd.In, Out: bd.Out, Bits: bd.Bits})
@@ -170,34 +197,50 @@ func buildGzip(ctx context.Context, r io.Reader, opts BuildOptions) (*BuildResul
 
 	uncompressed := newAsyncHash()
 	defer uncompressed.stop()
-	walker := &tarWalker{r: dec, hash: uncompressed}
-	entries, err := walker.walk(ctx)
-	if err != nil {
+	// No span may grow past MaxSpanSize: a checkpoint must come before.
+	// Checked as the output arrives, so a deflate block of gigabytes (a
+	// "bomb") fails after MaxSpanSize bytes, not at its end.
+	spanLimit := func(pos int64, p []byte) error {
+		if end := pos + int64(len(p)); end-b.last > lim.MaxSpanSize {
+			return overLimit(false, "ztoc: no deflate block boundary between uncompressed offsets %d and %d: a span would exceed %d bytes",
+				b.last, end, lim.MaxSpanSize)
+		}
+		return b.spans.err
+	}
+	walker := &tarWalker{r: dec, hash: uncompressed, onData: spanLimit}
+	if _, err := walker.walk(ctx, entries.add); err != nil {
 		return nil, mapFlateErr(err)
 	}
 	if len(b.points) == 0 {
 		return nil, fmt.Errorf("%w: no deflate block boundary found", ErrCorruptStream)
 	}
-	if err := b.spans.finish(); err != nil {
+	if err := b.spans.finish(walker.pos - b.last); err != nil {
 		return nil, err
+	}
+	if walker.pos/lim.MaxRatio > consumed {
+		return nil, overLimit(false, "ztoc: %d bytes inflate to %d, beyond the ratio limit of %d", consumed, walker.pos, lim.MaxRatio)
 	}
 	var cps bytes.Buffer
 	if err := EncodeCheckpoints(&cps, opts.SpanSize, b.points, b.windows); err != nil {
 		return nil, fmt.Errorf("ztoc: encode checkpoints: %w", err)
 	}
+	b.windows = nil // in cps now
 	size := consumed
 	z := &Ztoc{
 		Version:                 Version,
 		BuildToolIdentifier:     opts.BuildToolIdentifier,
 		CompressedArchiveSize:   size,
 		UncompressedArchiveSize: walker.pos,
-		TOC:                     TOC{FileMetadata: entries},
+		TOC:                     TOC{FileMetadata: entries.list},
 		CompressionInfo: CompressionInfo{
 			Algorithm:   Gzip,
 			MaxSpanID:   SpanID(len(b.points) - 1),
 			SpanDigests: b.spans.digests,
 			Checkpoints: cps.Bytes(),
 		},
+	}
+	if _, err := checkZtoc(z, bytes.NewReader(z.CompressionInfo.Checkpoints), int64(cps.Len()), lim); err != nil {
+		return nil, fmt.Errorf("ztoc: built an index that fails its own checks: %w", err)
 	}
 	return &BuildResult{
 		Ztoc:             z,
@@ -209,10 +252,15 @@ func buildGzip(ctx context.Context, r io.Reader, opts BuildOptions) (*BuildResul
 }
 
 func buildTar(ctx context.Context, r io.Reader, opts BuildOptions) (*BuildResult, error) {
+	lim := &opts.Limits
+	if opts.SpanSize > lim.MaxSpanSize {
+		return nil, overLimit(false, "ztoc: span size %d exceeds the %d-byte limit", opts.SpanSize, lim.MaxSpanSize)
+	}
 	blob := newAsyncHash()
 	defer blob.stop()
-	spans := newSpanHasher(opts.OnSpan)
+	spans := newSpanHasher(opts.OnSpan, lim)
 	defer spans.stop()
+	entries := &entryCollector{lim: lim}
 	if err := spans.cut(0, 0); err != nil {
 		return nil, err
 	}
@@ -221,6 +269,9 @@ func buildTar(ctx context.Context, r io.Reader, opts BuildOptions) (*BuildResult
 		// Fixed spans: a new span starts at every multiple of SpanSize.
 		for len(p) > 0 {
 			if pos%opts.SpanSize == 0 && pos != lastCut {
+				if len(spans.digests)+1 >= lim.MaxSpans {
+					return overLimit(false, "ztoc: more than %d spans", lim.MaxSpans)
+				}
 				if err := spans.cut(pos, 0); err != nil {
 					return err
 				}
@@ -233,11 +284,10 @@ func buildTar(ctx context.Context, r io.Reader, opts BuildOptions) (*BuildResult
 		}
 		return nil
 	}}
-	entries, err := walker.walk(ctx)
-	if err != nil {
+	if _, err := walker.walk(ctx, entries.add); err != nil {
 		return nil, err
 	}
-	if err := spans.finish(); err != nil {
+	if err := spans.finish(0); err != nil {
 		return nil, err
 	}
 	info, err := EncodeTarZinfo(opts.SpanSize, walker.pos)
@@ -250,13 +300,16 @@ func buildTar(ctx context.Context, r io.Reader, opts BuildOptions) (*BuildResult
 		BuildToolIdentifier:     opts.BuildToolIdentifier,
 		CompressedArchiveSize:   walker.pos,
 		UncompressedArchiveSize: walker.pos,
-		TOC:                     TOC{FileMetadata: entries},
+		TOC:                     TOC{FileMetadata: entries.list},
 		CompressionInfo: CompressionInfo{
 			Algorithm:   Uncompressed,
 			MaxSpanID:   SpanID(len(spans.digests) - 1),
 			SpanDigests: spans.digests,
 			Checkpoints: info,
 		},
+	}
+	if _, err := checkZtoc(z, bytes.NewReader(info), int64(len(info)), lim); err != nil {
+		return nil, fmt.Errorf("ztoc: built an index that fails its own checks: %w", err)
 	}
 	return &BuildResult{Ztoc: z, Digest: d, Size: walker.pos, DiffID: d, UncompressedSize: walker.pos}, nil
 }
@@ -282,6 +335,8 @@ type tarWalker struct {
 	onData func(pos int64, p []byte) error // optional, sees every byte
 	pos    int64
 	err    error
+	// entries counts the headers walk passed to its callback.
+	entries int
 }
 
 func (w *tarWalker) Read(p []byte) (int, error) {
@@ -299,16 +354,16 @@ func (w *tarWalker) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// maxEntries bounds the number of entries of one layer (hostile input).
-const maxEntries = 10_000_000
-
-func (w *tarWalker) walk(ctx context.Context) ([]FileMetadata, error) {
+// walk reads the tar stream to its end, calling onEntry for every header
+// with the offset of the entry's data. It returns the offset just after the
+// end-of-archive marker (where SOCI's uncompressed archive size stops);
+// w.pos is then the end of the whole stream.
+func (w *tarWalker) walk(ctx context.Context, onEntry func(i int, h *tar.Header, dataOffset int64) error) (tarEnd int64, err error) {
 	tr := tar.NewReader(w)
-	var entries []FileMetadata
 	for i := 0; ; i++ {
 		if i%1024 == 0 {
 			if err := ctx.Err(); err != nil {
-				return nil, err
+				return 0, err
 			}
 		}
 		hdr, err := tr.Next()
@@ -317,28 +372,56 @@ func (w *tarWalker) walk(ctx context.Context) ([]FileMetadata, error) {
 		}
 		if err != nil {
 			if w.err != nil {
-				return nil, w.err
+				return 0, w.err
 			}
-			return nil, fmt.Errorf("ztoc: read tar entry %d: %w", i, wrapTarErr(err))
+			return 0, fmt.Errorf("ztoc: read tar entry %d: %w", i, wrapTarErr(err))
 		}
-		if len(entries) >= maxEntries {
-			return nil, fmt.Errorf("%w: more than %d entries", ErrInvalidEntry, maxEntries)
+		if err := onEntry(i, hdr, w.pos); err != nil {
+			return 0, err
 		}
-		m, err := metadataFromHeader(hdr, w.pos)
-		if err != nil {
-			return nil, fmt.Errorf("ztoc: tar entry %d: %w", i, err)
-		}
-		entries = append(entries, m)
+		w.entries++
 	}
+	tarEnd = w.pos
 	// Read the rest (end-of-archive blocks and record padding) so the DiffID
 	// and sizes cover the whole stream, and the gzip trailer gets checked.
 	if _, err := io.Copy(io.Discard, w); err != nil {
 		if w.err != nil {
-			return nil, w.err
+			return 0, w.err
 		}
-		return nil, fmt.Errorf("ztoc: read end of layer: %w", err)
+		return 0, fmt.Errorf("ztoc: read end of layer: %w", err)
 	}
-	return entries, nil
+	return tarEnd, nil
+}
+
+// entryCollector turns tar headers into the file table, within limits.
+type entryCollector struct {
+	lim         *Limits
+	list        []FileMetadata
+	metadata    int64 // estimated memory of list
+	encodedSize int64 // estimated size of list in a zTOC
+}
+
+func (c *entryCollector) add(i int, h *tar.Header, dataOffset int64) error {
+	if len(c.list) >= c.lim.MaxEntries {
+		return overLimit(false, "ztoc: more than %d entries", c.lim.MaxEntries)
+	}
+	m, err := metadataFromHeader(h, dataOffset)
+	if err != nil {
+		return fmt.Errorf("ztoc: tar entry %d: %w", i, err)
+	}
+	if err := c.lim.checkEntry(&m); err != nil {
+		return overLimit(false, "ztoc: tar entry %d (%.100q): %v", i, m.Name, err)
+	}
+	cost := entryCost(&m)
+	if c.metadata += cost; c.metadata > c.lim.MaxMetadataBytes {
+		return overLimit(false, "ztoc: the file table exceeds %d bytes of memory at entry %d", c.lim.MaxMetadataBytes, i)
+	}
+	c.encodedSize += cost // about what the entry takes in the flatbuffer too
+	if c.encodedSize > c.lim.MaxZtocSize {
+		return overLimit(false, "ztoc: the zTOC would exceed %d bytes at entry %d", c.lim.MaxZtocSize, i)
+	}
+	c.list = append(c.list, m)
+	return nil
 }
 
 // wrapTarErr classifies archive/tar's errors.
@@ -513,24 +596,36 @@ func (a *asyncHash) stop() {
 // to no span. When the next span starts one byte before the cut (a checkpoint
 // with pending bits), that byte is hashed into both spans.
 type spanHasher struct {
+	lim     *Limits
 	started bool
 	pos     int64 // stream offset of the next byte written
+	start   int64 // stream offset of the current span's first byte
 	h       hash.Hash
 	lastB   byte
 	buf     []byte // span bytes, kept only for onSpan
 	onSpan  func(SpanID, []byte) error
 	digests []digest.Digest
+	// check, when set, receives every span's digest as it completes (Verify).
+	check func(SpanID, digest.Digest) error
+	// err is set once the current span exceeds lim.MaxSpanSize compressed
+	// bytes (write cannot return it; the caller polls it).
+	err error
 }
 
-func newSpanHasher(onSpan func(SpanID, []byte) error) *spanHasher {
-	return &spanHasher{h: sha256.New(), onSpan: onSpan}
+func newSpanHasher(onSpan func(SpanID, []byte) error, lim *Limits) *spanHasher {
+	return &spanHasher{h: sha256.New(), onSpan: onSpan, lim: lim}
 }
 
 func (s *spanHasher) write(p []byte) {
-	if len(p) == 0 {
+	if len(p) == 0 || s.err != nil {
 		return
 	}
 	if s.started {
+		if s.pos+int64(len(p))-s.start > s.lim.MaxSpanSize {
+			s.err = overLimit(false, "ztoc: span %d exceeds %d compressed bytes", len(s.digests), s.lim.MaxSpanSize)
+			s.buf = nil
+			return
+		}
 		s.h.Write(p)
 		if s.onSpan != nil {
 			s.buf = append(s.buf, p...)
@@ -540,9 +635,21 @@ func (s *spanHasher) write(p []byte) {
 	s.lastB = p[len(p)-1]
 }
 
+// checkRatio checks the span that a cut at in would end, of u uncompressed
+// bytes, against the inflate ratio limit.
+func (s *spanHasher) checkRatio(in, u int64) error {
+	if c := in - s.start; c > 0 && u/c > s.lim.MaxRatio {
+		return overLimit(false, "ztoc: span %d inflates %d bytes to %d, beyond the ratio limit of %d", len(s.digests), c, u, s.lim.MaxRatio)
+	}
+	return nil
+}
+
 // cut ends the current span at offset in and starts the next one at in, or
 // at in-1 when bits > 0. All bytes before in must have been written.
 func (s *spanHasher) cut(in int64, bits uint8) error {
+	if s.err != nil {
+		return s.err
+	}
 	if in != s.pos {
 		return fmt.Errorf("ztoc: internal error: span cut at %d, stream at %d", in, s.pos)
 	}
@@ -552,9 +659,11 @@ func (s *spanHasher) cut(in int64, bits uint8) error {
 		}
 	}
 	s.started = true
+	s.start = in
 	s.h.Reset()
 	s.buf = s.buf[:0]
 	if bits > 0 {
+		s.start--
 		s.h.Write([]byte{s.lastB})
 		if s.onSpan != nil {
 			s.buf = append(s.buf, s.lastB)
@@ -565,7 +674,13 @@ func (s *spanHasher) cut(in int64, bits uint8) error {
 
 func (s *spanHasher) emit() error {
 	id := SpanID(len(s.digests))
-	s.digests = append(s.digests, digest.NewDigest(digest.SHA256, s.h))
+	d := digest.NewDigest(digest.SHA256, s.h)
+	s.digests = append(s.digests, d)
+	if s.check != nil {
+		if err := s.check(id, d); err != nil {
+			return err
+		}
+	}
 	if s.onSpan != nil {
 		if err := s.onSpan(id, s.buf); err != nil {
 			return fmt.Errorf("ztoc: span %d: %w", id, err)
@@ -574,10 +689,17 @@ func (s *spanHasher) emit() error {
 	return nil
 }
 
-// finish ends the last span at the end of the stream.
-func (s *spanHasher) finish() error {
+// finish ends the last span, of u uncompressed bytes, at the end of the
+// stream.
+func (s *spanHasher) finish(u int64) error {
+	if s.err != nil {
+		return s.err
+	}
 	if !s.started {
 		return fmt.Errorf("%w: no span", ErrCorruptStream)
+	}
+	if err := s.checkRatio(s.pos, u); err != nil {
+		return err
 	}
 	s.started = false
 	return s.emit()

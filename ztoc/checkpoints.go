@@ -76,13 +76,19 @@ type CheckpointTable struct {
 // on demand by Window, so r must stay readable while the table is used.
 //
 // The blob is rejected (ErrMalformed) unless its length is exactly that of
-// a v1 or v2 blob with the declared count, the count is in [1, MaxSpans],
+// a v1 or v2 blob with the declared count, the count is in [1,
+// Limits.MaxSpans] (and the blob within Limits.MaxZtocSize; opts select the
+// limits, default DefaultLimits),
 // the span size is positive, and the checkpoints are valid: checkpoint 0 is
 // at Out 0, In and Out strictly increase (two checkpoints at the same
 // uncompressed offset would make an empty span; SOCI only adds a checkpoint
 // after more than span-size bytes of output), Bits <= 7 and In >= 1 when
 // Bits > 0.
-func ParseCheckpoints(r io.ReaderAt, size int64) (*CheckpointTable, error) {
+func ParseCheckpoints(r io.ReaderAt, size int64, opts ...Option) (*CheckpointTable, error) {
+	lim := applyOptions(opts)
+	if size > lim.MaxZtocSize {
+		return nil, overLimit(true, "checkpoints: blob of %d bytes exceeds the %d-byte limit", size, lim.MaxZtocSize)
+	}
 	if size < checkpointHeaderSize {
 		return nil, malformed("checkpoints: blob of %d bytes is shorter than its header", size)
 	}
@@ -92,8 +98,11 @@ func ParseCheckpoints(r io.ReaderAt, size int64) (*CheckpointTable, error) {
 	}
 	count := int64(int32(binary.LittleEndian.Uint32(hdr[:4])))
 	t := &CheckpointTable{SpanSize: int64(binary.LittleEndian.Uint64(hdr[4:])), r: r}
-	if count < 1 || count > MaxSpans {
-		return nil, malformed("checkpoints: count %d outside [1, %d]", count, MaxSpans)
+	if count < 1 {
+		return nil, malformed("checkpoints: count %d", count)
+	}
+	if count > int64(lim.MaxSpans) {
+		return nil, overLimit(true, "checkpoints: %d checkpoints exceed the limit of %d", count, lim.MaxSpans)
 	}
 	if t.SpanSize <= 0 {
 		return nil, malformed("checkpoints: span size %d not positive", t.SpanSize)
@@ -121,16 +130,16 @@ func ParseCheckpoints(r io.ReaderAt, size int64) (*CheckpointTable, error) {
 			Bits: rec[16],
 		})
 	}
-	if err := validatePoints(t.Points); err != nil {
+	if err := validatePoints(t.Points, lim.MaxSpans); err != nil {
 		return nil, err
 	}
 	return t, nil
 }
 
 // validatePoints checks the rules documented on ParseCheckpoints.
-func validatePoints(points []Checkpoint) error {
-	if len(points) < 1 || len(points) > MaxSpans {
-		return malformed("checkpoints: count %d outside [1, %d]", len(points), MaxSpans)
+func validatePoints(points []Checkpoint, maxSpans int) error {
+	if len(points) < 1 || len(points) > maxSpans {
+		return malformed("checkpoints: count %d outside [1, %d]", len(points), maxSpans)
 	}
 	if points[0].Out != 0 {
 		return malformed("checkpoints: checkpoint 0 at uncompressed offset %d, want 0", points[0].Out)
@@ -228,7 +237,7 @@ func EncodeCheckpoints(w io.Writer, spanSize int64, points []Checkpoint, windows
 	if len(windows) != len(points) {
 		return fmt.Errorf("ztoc: encode checkpoints: %d windows for %d checkpoints", len(windows), len(points))
 	}
-	if err := validatePoints(points); err != nil {
+	if err := validatePoints(points, maxSpansFormat); err != nil {
 		return fmt.Errorf("ztoc: encode: %w", err)
 	}
 	var hdr [checkpointHeaderSize]byte
@@ -299,8 +308,8 @@ func ParseTarZinfo(b []byte) (spanSize, size int64, err error) {
 	if spanSize <= 0 || size < 0 {
 		return 0, 0, malformed("tar zinfo: span size %d / size %d invalid", spanSize, size)
 	}
-	if tarMaxSpanID(spanSize, size)+1 > MaxSpans {
-		return 0, 0, malformed("tar zinfo: more than %d spans", MaxSpans)
+	if tarMaxSpanID(spanSize, size)+1 > maxSpansFormat {
+		return 0, 0, malformed("tar zinfo: more than %d spans", maxSpansFormat)
 	}
 	return spanSize, size, nil
 }

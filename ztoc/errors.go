@@ -25,9 +25,19 @@ var (
 	// ErrSpanDigest is returned when fetched span bytes do not match the
 	// span digest recorded in the zTOC.
 	ErrSpanDigest = errors.New("ztoc: span digest mismatch")
-	// ErrHeaderMismatch is returned when the tar header in front of a file's
-	// data does not describe the zTOC entry (offsets or sizes moved).
+	// ErrHeaderMismatch is returned when the tar headers in front of an
+	// entry's data do not describe the zTOC entry (name, type, size, mode,
+	// owner, link, PAX records or offsets differ).
 	ErrHeaderMismatch = errors.New("ztoc: tar header does not match the index")
 	// ErrNotExist is returned when a path is not in the zTOC.
 	ErrNotExist = errors.New("ztoc: no such file in layer")
+	// ErrLimit is returned when input from outside exceeds a bound of
+	// Limits (zTOC or index size, entries, name lengths, PAX records, span
+	// length, inflate ratio, ...). Decoding errors wrap ErrMalformed too.
+	ErrLimit = errors.New("ztoc: input exceeds a limit")
+	// ErrVerify is returned by LayerIndex.Verify when the layer is not the
+	// one the zTOC describes (blob digest or size, DiffID, a checkpoint, a
+	// span digest, or a tar entry differs). The error names the first
+	// difference.
+	ErrVerify = errors.New("ztoc: the zTOC does not describe the layer")
 )

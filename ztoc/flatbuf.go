@@ -27,39 +27,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
-	"slices"
 	"sort"
+	"unsafe"
 
 	flatbuffers "github.com/google/flatbuffers/go"
 	digest "github.com/opencontainers/go-digest"
 )
 
-// Limits applied when decoding (and encoding) a zTOC. They keep a hostile
-// buffer from making the decoder allocate or work far beyond its own size.
-const (
-	// MaxZtocSize is the largest serialized zTOC accepted (the flatbuffers
-	// format cannot address more than 2 GiB).
-	MaxZtocSize = math.MaxInt32
-	// MaxEntries is the largest number of TOC entries accepted.
-	MaxEntries = 10_000_000
-	// MaxSpans is the largest number of spans (span digests, checkpoints).
-	MaxSpans = 10_000_000
-	// MaxNameLen bounds names, link names, user/group names, types, mod
-	// times and PAX record keys.
-	MaxNameLen = 64 << 10
-	// MaxPAXValueLen bounds a PAX record value (archive/tar reads at most
-	// 1 MiB of PAX headers per entry).
-	MaxPAXValueLen = 1 << 20
-	// MaxPAXRecords bounds the PAX records of one entry.
-	MaxPAXRecords = 1 << 16
-)
-
-// Besides these limits, the decoder refuses buffers that reuse their data:
-// all decoded strings together may not exceed the buffer's size and all
-// vector elements together may not exceed a quarter of it (each element
-// needs at least a 4-byte slot). Buffers written by this package or by SOCI
-// never share strings or vectors, so they always fit.
+// Decoding applies Limits (see limits.go). Besides them, the decoder refuses
+// buffers that reuse their data: all decoded strings together may not
+// exceed the buffer's size and all vector elements together may not exceed
+// a quarter of it (each element needs at least a 4-byte slot). Buffers
+// written by this package or by SOCI never share strings or vectors, so they
+// always fit.
 
 // Vtable slots, see the table at the top of this file.
 const (
@@ -112,21 +92,23 @@ func invalidEntry(i int, format string, args ...any) error {
 // ---------------------------------------------------------------------------
 // Encoding
 
-// Marshal validates z and serializes it to SOCI's zTOC flatbuffer. z must be
+// Marshal validates z (against the limits opts select, default
+// DefaultLimits) and serializes it to SOCI's zTOC flatbuffer. z must be
 // complete: CompressionInfo.Checkpoints holds the checkpoint blob (a zTOC
 // returned by Decode has it nil; fill it from the section reader first).
 // PAX records are written in sorted key order, so the output is
 // deterministic.
-func Marshal(z *Ztoc) ([]byte, error) {
+func Marshal(z *Ztoc, opts ...Option) ([]byte, error) {
 	if z == nil {
 		return nil, errors.New("ztoc: marshal nil zTOC")
 	}
-	if err := validate(z, bytes.NewReader(z.CompressionInfo.Checkpoints), int64(len(z.CompressionInfo.Checkpoints))); err != nil {
+	lim := applyOptions(opts)
+	if err := validate(z, bytes.NewReader(z.CompressionInfo.Checkpoints), int64(len(z.CompressionInfo.Checkpoints)), &lim); err != nil {
 		return nil, fmt.Errorf("ztoc: marshal: %w", err)
 	}
 	est := estimateSize(z)
-	if est > MaxZtocSize-(1<<20) {
-		return nil, fmt.Errorf("ztoc: marshal: encoded zTOC would be about %d bytes, more than the format allows: %w", est, ErrMalformed)
+	if est > lim.MaxZtocSize-(1<<20) {
+		return nil, overLimit(true, "ztoc: marshal: encoded zTOC would be about %d bytes, more than the %d-byte limit", est, lim.MaxZtocSize)
 	}
 	return encode(z, int(est))
 }
@@ -253,19 +235,21 @@ func vectorOfOffsets(b *flatbuffers.Builder, offs []flatbuffers.UOffsetT) flatbu
 // ---------------------------------------------------------------------------
 // Decoding
 
-// Unmarshal decodes and validates a serialized zTOC held in memory. The
-// returned Ztoc does not alias b (CompressionInfo.Checkpoints is a copy).
-func Unmarshal(b []byte) (*Ztoc, error) {
-	if len(b) > MaxZtocSize {
-		return nil, malformed("ztoc: decode: %d bytes exceed the %d-byte limit", len(b), MaxZtocSize)
+// Unmarshal decodes and validates a serialized zTOC held in memory, within
+// the limits opts select (default DefaultLimits). The returned Ztoc does not
+// alias b (CompressionInfo.Checkpoints is a copy).
+func Unmarshal(b []byte, opts ...Option) (*Ztoc, error) {
+	lim := applyOptions(opts)
+	if int64(len(b)) > lim.MaxZtocSize {
+		return nil, overLimit(true, "ztoc: decode: %d bytes exceed the %d-byte limit", len(b), lim.MaxZtocSize)
 	}
 	w := &wire{head: b, size: uint64(len(b))}
-	z, cpPos, cpLen, err := decodeZtoc(w, true)
+	z, cpPos, cpLen, err := decodeZtoc(w, true, &lim)
 	if err != nil {
 		return nil, err
 	}
 	blob := b[cpPos : cpPos+cpLen]
-	if err := validate(z, bytes.NewReader(blob), int64(len(blob))); err != nil {
+	if err := validate(z, bytes.NewReader(blob), int64(len(blob)), &lim); err != nil {
 		return nil, err
 	}
 	z.CompressionInfo.Checkpoints = bytes.Clone(blob)
@@ -273,7 +257,8 @@ func Unmarshal(b []byte) (*Ztoc, error) {
 }
 
 // Decode decodes and validates a serialized zTOC of size bytes read from r,
-// without reading the checkpoint blob's windows into memory: the returned
+// within the limits opts select (default DefaultLimits), without reading
+// the checkpoint blob's windows into memory: the returned
 // Ztoc has CompressionInfo.Checkpoints == nil and the section reader covers
 // the checkpoint blob inside r (pass it to ParseCheckpoints or read it for
 // ParseTarZinfo).
@@ -284,9 +269,13 @@ func Unmarshal(b []byte) (*Ztoc, error) {
 // may overlap the blob. Validation reads the blob's header and the 17-byte
 // position record of every checkpoint, never a window. Memory use is
 // therefore about size minus the blob's length, plus the decoded Ztoc.
-func Decode(r io.ReaderAt, size int64) (*Ztoc, *io.SectionReader, error) {
-	if size < 0 || size > MaxZtocSize {
-		return nil, nil, malformed("ztoc: decode: size %d outside [0, %d]", size, int64(MaxZtocSize))
+func Decode(r io.ReaderAt, size int64, opts ...Option) (*Ztoc, *io.SectionReader, error) {
+	lim := applyOptions(opts)
+	if size < 0 {
+		return nil, nil, malformed("ztoc: decode: negative size %d", size)
+	}
+	if size > lim.MaxZtocSize {
+		return nil, nil, overLimit(true, "ztoc: decode: %d bytes exceed the %d-byte limit", size, lim.MaxZtocSize)
 	}
 	probe := &wire{r: r, size: uint64(size)}
 	cpPos, cpLen, err := locateCheckpoints(probe)
@@ -303,12 +292,12 @@ func Decode(r io.ReaderAt, size int64) (*Ztoc, *io.SectionReader, error) {
 		return nil, nil, fmt.Errorf("ztoc: decode: read %d bytes after the checkpoints: %w", len(w.tail), err)
 	}
 	// decodeZtoc checks that the checkpoints vector is the hole.
-	z, _, _, err := decodeZtoc(w, false)
+	z, _, _, err := decodeZtoc(w, false, &lim)
 	if err != nil {
 		return nil, nil, err
 	}
 	sr := io.NewSectionReader(r, int64(cpPos), int64(cpLen))
-	if err := validate(z, sr, int64(cpLen)); err != nil {
+	if err := validate(z, sr, int64(cpLen), &lim); err != nil {
 		return nil, nil, err
 	}
 	z.CompressionInfo.Checkpoints = nil
@@ -358,25 +347,27 @@ func locateCheckpoints(w *wire) (pos, n uint64, err error) {
 // the interned strings.
 type decoder struct {
 	w           *wire
+	lim         *Limits
 	stringBytes uint64 // left to decode
 	elements    uint64 // vector elements left to decode
+	metadata    int64  // estimated memory of the entries decoded so far
 	intern      map[string]string
 }
 
 // decodeZtoc decodes the tables of a zTOC (without semantic validation)
 // and returns the position and length of the checkpoint blob's contents.
 // When inMemory is false the blob must be w's hole.
-func decodeZtoc(w *wire, inMemory bool) (z *Ztoc, cpPos, cpLen uint64, err error) {
-	d := &decoder{w: w, stringBytes: w.size, elements: w.size / 4, intern: make(map[string]string)}
+func decodeZtoc(w *wire, inMemory bool, lim *Limits) (z *Ztoc, cpPos, cpLen uint64, err error) {
+	d := &decoder{w: w, lim: lim, stringBytes: w.size, elements: w.size / 4, intern: make(map[string]string)}
 	root, err := w.root()
 	if err != nil {
 		return nil, 0, 0, fmt.Errorf("ztoc: decode root: %w", err)
 	}
 	z = new(Ztoc)
-	if z.Version, err = d.stringField(root, slotZtocVersion, MaxNameLen); err != nil {
+	if z.Version, err = d.stringField(root, slotZtocVersion, maxMetadataStringLen); err != nil {
 		return nil, 0, 0, fmt.Errorf("ztoc: decode version: %w", err)
 	}
-	if z.BuildToolIdentifier, err = d.stringField(root, slotZtocBuildTool, MaxNameLen); err != nil {
+	if z.BuildToolIdentifier, err = d.stringField(root, slotZtocBuildTool, maxMetadataStringLen); err != nil {
 		return nil, 0, 0, fmt.Errorf("ztoc: decode build tool identifier: %w", err)
 	}
 	if z.CompressedArchiveSize, err = w.int64Field(root, slotZtocCompressedSize); err != nil {
@@ -403,12 +394,16 @@ func (d *decoder) decodeTOC(root table, toc *TOC) error {
 	if !ok {
 		return nil
 	}
-	vec, n, ok, err := d.vectorField(t, 0, MaxEntries)
+	vec, n, ok, err := d.vectorField(t, 0, uint64(d.lim.MaxEntries))
 	if err != nil {
 		return fmt.Errorf("ztoc: decode toc entries: %w", err)
 	}
 	if !ok || n == 0 {
 		return nil
+	}
+	d.metadata = int64(n) * int64(unsafe.Sizeof(FileMetadata{}))
+	if d.metadata > d.lim.MaxMetadataBytes {
+		return overLimit(true, "ztoc: decode toc: %d entries exceed the %d-byte metadata limit", n, d.lim.MaxMetadataBytes)
 	}
 	toc.FileMetadata = make([]FileMetadata, n)
 	for i := range toc.FileMetadata {
@@ -416,8 +411,15 @@ func (d *decoder) decodeTOC(root table, toc *TOC) error {
 		if err != nil {
 			return fmt.Errorf("ztoc: decode toc entry %d: %w", i, err)
 		}
-		if err := d.decodeEntry(et, &toc.FileMetadata[i]); err != nil {
+		m := &toc.FileMetadata[i]
+		if err := d.decodeEntry(et, m); err != nil {
 			return fmt.Errorf("ztoc: decode toc entry %d %w", i, err)
+		}
+		if err := d.lim.checkEntry(m); err != nil {
+			return overLimit(true, "ztoc: decode toc entry %d (%.100q): %v", i, m.Name, err)
+		}
+		if d.metadata += entryCost(m); d.metadata > d.lim.MaxMetadataBytes {
+			return overLimit(true, "ztoc: decode toc: entries up to %d exceed the %d-byte metadata limit", i, d.lim.MaxMetadataBytes)
 		}
 	}
 	return nil
@@ -460,17 +462,18 @@ func (d *decoder) decodeEntry(t table, m *FileMetadata) error {
 		}
 	}
 	var modTime string
-	str(slotFMName, MaxNameLen, "name", &m.Name, false)
-	str(slotFMType, MaxNameLen, "type", &m.Type, true)
+	nameMax := uint64(d.lim.MaxNameLen)
+	str(slotFMName, nameMax, "name", &m.Name, false)
+	str(slotFMType, maxMetadataStringLen, "type", &m.Type, true)
 	i64(slotFMOffset, "uncompressed offset", &m.UncompressedOffset)
 	i64(slotFMSize, "uncompressed size", &m.UncompressedSize)
-	str(slotFMLinkname, MaxNameLen, "linkname", &m.Linkname, false)
+	str(slotFMLinkname, nameMax, "linkname", &m.Linkname, false)
 	i64(slotFMMode, "mode", &m.Mode)
 	u32(slotFMUID, "uid", &m.UID)
 	u32(slotFMGID, "gid", &m.GID)
-	str(slotFMUname, MaxNameLen, "uname", &m.Uname, true)
-	str(slotFMGname, MaxNameLen, "gname", &m.Gname, true)
-	str(slotFMModTime, MaxNameLen, "mod time", &modTime, true)
+	str(slotFMUname, maxMetadataStringLen, "uname", &m.Uname, true)
+	str(slotFMGname, maxMetadataStringLen, "gname", &m.Gname, true)
+	str(slotFMModTime, maxMetadataStringLen, "mod time", &modTime, true)
 	i64(slotFMDevmajor, "devmajor", &m.Devmajor)
 	i64(slotFMDevminor, "devminor", &m.Devminor)
 	if err != nil {
@@ -483,7 +486,7 @@ func (d *decoder) decodeEntry(t table, m *FileMetadata) error {
 			return fmt.Errorf("mod time %q: %v: %w (%w)", modTime, err, ErrInvalidEntry, ErrMalformed)
 		}
 	}
-	vec, n, ok, err := d.vectorField(t, slotFMXattrs, MaxPAXRecords)
+	vec, n, ok, err := d.vectorField(t, slotFMXattrs, uint64(d.lim.MaxPAXRecords))
 	if err != nil {
 		return fmt.Errorf("xattrs: %w", err)
 	}
@@ -496,11 +499,11 @@ func (d *decoder) decodeEntry(t table, m *FileMetadata) error {
 		if err != nil {
 			return fmt.Errorf("xattr %d: %w", j, err)
 		}
-		key, err := d.stringField(xt, 0, MaxNameLen)
+		key, err := d.stringField(xt, 0, maxMetadataStringLen)
 		if err != nil {
 			return fmt.Errorf("xattr %d key: %w", j, err)
 		}
-		value, err := d.stringField(xt, 1, MaxPAXValueLen)
+		value, err := d.stringField(xt, 1, uint64(d.lim.MaxPAXBytes))
 		if err != nil {
 			return fmt.Errorf("xattr %d value: %w", j, err)
 		}
@@ -529,7 +532,7 @@ func (d *decoder) decodeCompressionInfo(root table, ci *CompressionInfo, inMemor
 		return 0, 0, fmt.Errorf("ztoc: decode max span id: %w", err)
 	}
 	ci.MaxSpanID = SpanID(int32(maxSpan))
-	vec, n, ok, err := d.vectorField(t, slotCISpanDigests, MaxSpans)
+	vec, n, ok, err := d.vectorField(t, slotCISpanDigests, uint64(d.lim.MaxSpans))
 	if err != nil {
 		return 0, 0, fmt.Errorf("ztoc: decode span digests: %w", err)
 	}
@@ -539,7 +542,7 @@ func (d *decoder) decodeCompressionInfo(root table, ci *CompressionInfo, inMemor
 			pos, err := w.follow(vec + 4*uint64(i))
 			if err == nil {
 				var s string
-				s, err = d.stringAt(pos, MaxNameLen)
+				s, err = d.stringAt(pos, maxMetadataStringLen)
 				ci.SpanDigests[i] = digest.Digest(s)
 			}
 			if err != nil {
@@ -614,7 +617,7 @@ func (d *decoder) rawString(pos, max uint64) ([]byte, error) {
 		return nil, err
 	}
 	if uint64(n) > max {
-		return nil, malformed("string of %d bytes exceeds the %d-byte limit", n, max)
+		return nil, overLimit(true, "string of %d bytes exceeds the %d-byte limit", n, max)
 	}
 	if uint64(n) > d.stringBytes {
 		return nil, malformed("strings exceed the buffer size (shared data)")
@@ -643,7 +646,7 @@ func (d *decoder) vectorField(t table, slot int, max uint64) (elems, n uint64, o
 	}
 	n = uint64(n32)
 	if n > max {
-		return 0, 0, false, malformed("vector of %d elements exceeds the limit of %d", n, max)
+		return 0, 0, false, overLimit(true, "vector of %d elements exceeds the limit of %d", n, max)
 	}
 	if n > d.elements {
 		return 0, 0, false, malformed("vector elements exceed the buffer size (shared data)")
@@ -653,123 +656,4 @@ func (d *decoder) vectorField(t table, slot int, max uint64) (elems, n uint64, o
 		return 0, 0, false, fmt.Errorf("vector of %d elements: %w", n, err)
 	}
 	return pos + 4, n, true, nil
-}
-
-// ---------------------------------------------------------------------------
-// Semantic validation
-
-// validate checks the decoded z against the format's rules; blob is the
-// checkpoint blob (of blobSize bytes).
-func validate(z *Ztoc, blob io.ReaderAt, blobSize int64) error {
-	if z.Version != Version {
-		return malformed("ztoc: unknown version %q (want %q)", z.Version, Version)
-	}
-	if z.CompressedArchiveSize < 0 || z.UncompressedArchiveSize < 0 {
-		return malformed("ztoc: negative archive size (compressed %d, uncompressed %d)",
-			z.CompressedArchiveSize, z.UncompressedArchiveSize)
-	}
-	if len(z.TOC.FileMetadata) > MaxEntries {
-		return malformed("ztoc: %d entries exceed the limit of %d", len(z.TOC.FileMetadata), MaxEntries)
-	}
-	if err := validateEntries(z.TOC.FileMetadata, z.UncompressedArchiveSize); err != nil {
-		return err
-	}
-	ci := &z.CompressionInfo
-	if len(ci.SpanDigests) > MaxSpans || int64(ci.MaxSpanID) != int64(len(ci.SpanDigests))-1 {
-		return malformed("ztoc: max span id %d does not match %d span digests", ci.MaxSpanID, len(ci.SpanDigests))
-	}
-	for i, d := range ci.SpanDigests {
-		if d.Validate() != nil || d.Algorithm() != digest.SHA256 {
-			return malformed("ztoc: span digest %d %q is not a sha256 digest", i, d)
-		}
-	}
-	switch ci.Algorithm {
-	case Gzip:
-		t, err := ParseCheckpoints(blob, blobSize)
-		if err != nil {
-			return fmt.Errorf("ztoc: %w", err)
-		}
-		if len(t.Points) != len(ci.SpanDigests) {
-			return malformed("ztoc: %d checkpoints for %d spans", len(t.Points), len(ci.SpanDigests))
-		}
-		if last := t.Points[len(t.Points)-1]; last.In > z.CompressedArchiveSize {
-			return malformed("ztoc: checkpoint at compressed offset %d past the %d-byte layer", last.In, z.CompressedArchiveSize)
-		}
-	case Uncompressed:
-		if blobSize > maxTarZinfoSize {
-			return malformed("ztoc: tar zinfo of %d bytes", blobSize)
-		}
-		p := make([]byte, blobSize)
-		if err := readFull(blob, p, 0); err != nil {
-			return fmt.Errorf("ztoc: read tar zinfo: %w", err)
-		}
-		spanSize, size, err := ParseTarZinfo(p)
-		if err != nil {
-			return fmt.Errorf("ztoc: %w", err)
-		}
-		if want := tarMaxSpanID(spanSize, size); int64(ci.MaxSpanID) != want {
-			return malformed("ztoc: max span id %d, tar zinfo (span size %d, size %d) has %d", ci.MaxSpanID, spanSize, size, want)
-		}
-		if size != z.CompressedArchiveSize {
-			return malformed("ztoc: tar zinfo size %d differs from the layer size %d", size, z.CompressedArchiveSize)
-		}
-	default:
-		return malformed("ztoc: unknown compression algorithm %d", ci.Algorithm)
-	}
-	return nil
-}
-
-// validateEntries checks each entry and, like SOCI's decoder, that the
-// entries sorted by offset leave room for each tar header: an entry's data
-// starts no earlier than the previous entry's data end rounded up to 512.
-func validateEntries(entries []FileMetadata, uncompressedSize int64) error {
-	sorted := true
-	for i := range entries {
-		m := &entries[i]
-		switch m.Type {
-		case TypeReg, TypeDir, TypeSymlink, TypeHardlink, TypeChar, TypeBlock, TypeFifo:
-		default:
-			return invalidEntry(i, "unknown type %q", m.Type)
-		}
-		if m.UncompressedOffset < 0 || m.UncompressedSize < 0 ||
-			m.UncompressedOffset > uncompressedSize || m.UncompressedSize > uncompressedSize-m.UncompressedOffset {
-			return invalidEntry(i, "data [%d, +%d) outside the %d-byte tar stream", m.UncompressedOffset, m.UncompressedSize, uncompressedSize)
-		}
-		if i > 0 && m.UncompressedOffset < entries[i-1].UncompressedOffset {
-			sorted = false
-		}
-	}
-	order := make([]int, len(entries))
-	for i := range order {
-		order[i] = i
-	}
-	if !sorted {
-		slices.SortStableFunc(order, func(a, b int) int {
-			return cmpInt64(entries[a].UncompressedOffset, entries[b].UncompressedOffset)
-		})
-	}
-	var nextHeader int64
-	for _, i := range order {
-		m := &entries[i]
-		if m.UncompressedOffset < nextHeader {
-			return invalidEntry(i, "data at %d overlaps the previous entry (ends at %d)", m.UncompressedOffset, nextHeader)
-		}
-		nextHeader = alignTarBlock(m.UncompressedOffset + m.UncompressedSize)
-	}
-	return nil
-}
-
-func cmpInt64(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
-// alignTarBlock rounds n up to a multiple of the 512-byte tar block.
-func alignTarBlock(n int64) int64 {
-	return (n + 511) &^ 511
 }

@@ -96,13 +96,13 @@ func diffZtoc(got, want *Ztoc) string {
 func TestMarshalUnmarshalRoundTrip(t *testing.T) {
 	uncompressed := sampleZtoc(t)
 	uncompressed.CompressionInfo.Algorithm = Uncompressed
+	uncompressed.CompressedArchiveSize = uncompressed.UncompressedArchiveSize // a tar layer is its own tar stream
 	tz, err := EncodeTarZinfo(DefaultSpanSize, uncompressed.CompressedArchiveSize)
 	if err != nil {
 		t.Fatal(err)
 	}
 	uncompressed.CompressionInfo.Checkpoints = tz
-	uncompressed.CompressionInfo.MaxSpanID = 0
-	uncompressed.CompressionInfo.SpanDigests = uncompressed.CompressionInfo.SpanDigests[:1]
+	uncompressed.CompressionInfo.MaxSpanID = SpanID(tarMaxSpanID(DefaultSpanSize, uncompressed.CompressedArchiveSize))
 
 	empty := sampleZtoc(t)
 	empty.TOC.FileMetadata = nil

@@ -10,9 +10,10 @@ import (
 )
 
 // FuzzBuild feeds arbitrary layers to the builder (gzip header, inflate and
-// tar walk at once). It must never panic; when it succeeds, every regular
-// file read through the zTOC must equal what stdlib gzip + archive/tar read
-// sequentially from the same bytes.
+// tar walk at once), with a span limit of 1 MiB. It must never panic; when
+// it succeeds, Verify must accept the zTOC against the same bytes, and
+// every regular file read through the zTOC must equal what stdlib gzip +
+// archive/tar read sequentially from the same bytes.
 func FuzzBuild(f *testing.F) {
 	es := genEntries(9, 6, 40<<10)
 	raw := tarBytes(f, es)
@@ -21,8 +22,16 @@ func FuzzBuild(f *testing.F) {
 	f.Add(gzipMembers(f, raw, gzip.NoCompression, 0))
 	f.Add(raw)
 	f.Add(gzipMembers(f, tarBytes(f, []testEntry{{hdr: tar.Header{Name: "../x", Typeflag: tar.TypeReg}}}), 6, 0))
+	// A layer whose data is one deflate block of 2 MiB: past the span limit.
+	bomb, err := io.ReadAll(bombLayer(f, 8130))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(bomb)
+	f.Add(gzipMembers(f, raw, 6, 0)[:200])
+	lim := Limits{MaxSpanSize: 1 << 20}
 	f.Fuzz(func(t *testing.T, blob []byte) {
-		res, err := Build(context.Background(), bytes.NewReader(blob), BuildOptions{SpanSize: 16 << 10})
+		res, err := Build(context.Background(), bytes.NewReader(blob), BuildOptions{SpanSize: 16 << 10, Limits: lim})
 		if err != nil {
 			return
 		}
@@ -30,9 +39,12 @@ func FuzzBuild(f *testing.F) {
 		if err != nil {
 			t.Fatalf("Marshal of a built zTOC: %v", err)
 		}
-		x, err := OpenLayerIndex(bytes.NewReader(data), int64(len(data)))
+		x, err := OpenLayerIndex(bytes.NewReader(data), int64(len(data)), WithLimits(lim))
 		if err != nil {
 			t.Fatalf("OpenLayerIndex of a built zTOC: %v", err)
+		}
+		if _, err := x.Verify(context.Background(), bytes.NewReader(blob), VerifyOptions{Digest: res.Digest, DiffID: res.DiffID}); err != nil {
+			t.Fatalf("Verify of a built zTOC against its layer: %v", err)
 		}
 		var stream io.Reader = bytes.NewReader(blob)
 		if res.Ztoc.CompressionInfo.Algorithm == Gzip {

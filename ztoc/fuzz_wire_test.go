@@ -2,6 +2,7 @@ package ztoc
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -44,6 +45,51 @@ func smallZtocs(t testing.TB) map[string][]byte {
 		out[name] = b
 	}
 	return out
+}
+
+// hostileZtocs returns zTOC buffers a forger would write (not validated
+// when encoded): a 2^49-byte span, a ratio beyond DEFLATE's, 3 million
+// entries claimed, 4 MiB of "headers" in front of an entry. Each must be
+// refused with ErrLimit.
+func hostileZtocs(t testing.TB) map[string][]byte {
+	t.Helper()
+	const huge = int64(1) << 49
+	far := sampleZtoc(t)
+	far.UncompressedArchiveSize += 4 << 20
+	far.TOC.FileMetadata[7].UncompressedOffset += 4 << 20
+	out := make(map[string][]byte)
+	for name, z := range map[string]*Ztoc{
+		"span-2^49":  hostileGeometry(t, 1e12, huge, []Checkpoint{{In: 10}, {In: 70_000, Out: 4 << 20}}),
+		"ratio":      hostileGeometry(t, 100_000, 200_000_000, []Checkpoint{{In: 10}}),
+		"header-run": far,
+	} {
+		b, err := encode(z, 1<<16)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[name] = b
+	}
+	many, err := Marshal(sampleZtoc(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &wire{head: many, size: uint64(len(many))}
+	root, _ := w.root()
+	toc, _, _ := w.tableField(root, slotZtocTOC)
+	vec, _, _ := w.refField(toc, 0)
+	binary.LittleEndian.PutUint32(many[vec:], 3_000_000)
+	out["entries-3M"] = many
+	return out
+}
+
+// TestHostileSeedsRefused keeps the hostile seeds honest: each is refused
+// for a limit.
+func TestHostileSeedsRefused(t *testing.T) {
+	for name, b := range hostileZtocs(t) {
+		if _, err := Unmarshal(b); !errors.Is(err, ErrLimit) {
+			t.Errorf("Unmarshal(%s) = %v, want ErrLimit", name, err)
+		}
+	}
 }
 
 // checkpointSeeds uses printable windows so that the seed files (Go-quoted
@@ -110,6 +156,9 @@ func FuzzUnmarshalZtoc(f *testing.F) {
 	for _, b := range smallZtocs(f) {
 		f.Add(b)
 	}
+	for _, b := range hostileZtocs(f) {
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		z, err := Unmarshal(data)
 		if err != nil {
@@ -132,6 +181,9 @@ func FuzzUnmarshalZtoc(f *testing.F) {
 
 func FuzzDecodeZtoc(f *testing.F) {
 	for _, b := range smallZtocs(f) {
+		f.Add(b)
+	}
+	for _, b := range hostileZtocs(f) {
 		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {

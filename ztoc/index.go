@@ -19,8 +19,13 @@ import (
 // windows left where they are (read from the serialized zTOC when a span is
 // inflated), so memory does not grow with the spans read. Safe for
 // concurrent use.
+//
+// Opening checks the zTOC against Limits, so every span of an open
+// LayerIndex has a bounded length and inflate ratio: InflateSpan never
+// allocates more than Limits.MaxSpanSize, whatever the zTOC claims.
 type LayerIndex struct {
-	z *Ztoc
+	z   *Ztoc
+	lim Limits
 
 	// gzip layers
 	cps *CheckpointTable
@@ -29,84 +34,68 @@ type LayerIndex struct {
 
 	nspans int
 	byPath map[string]int32 // CleanName(name) -> entry (the last one wins, as in extraction)
+	// dups lists, for names that occur more than once, every entry with
+	// that name in stream order (hard links resolve to the one before them).
+	dups map[string][]int32
 
 	windows sync.Pool // *[WindowSize]byte scratch for inflating
 }
 
-// OpenLayerIndex decodes a serialized zTOC from r (size bytes) for random access.
-// r must stay readable for the life of the LayerIndex: checkpoint windows are read
-// from it on demand.
-func OpenLayerIndex(r io.ReaderAt, size int64) (*LayerIndex, error) {
-	z, cpSection, err := Decode(r, size)
+// OpenLayerIndex decodes a serialized zTOC from r (size bytes) for random
+// access, within the limits opts select (default DefaultLimits). r must stay
+// readable for the life of the LayerIndex: checkpoint windows are read from
+// it on demand.
+func OpenLayerIndex(r io.ReaderAt, size int64, opts ...Option) (*LayerIndex, error) {
+	z, cpSection, err := Decode(r, size, opts...)
 	if err != nil {
 		return nil, err
 	}
-	return NewLayerIndex(z, cpSection, cpSection.Size())
+	return NewLayerIndex(z, cpSection, cpSection.Size(), opts...)
 }
 
-// NewLayerIndex prepares z for random access. For gzip layers, checkpoints is the
-// checkpoint blob (z.CompressionInfo.Checkpoints when it is in memory; then
-// checkpoints may be nil).
-func NewLayerIndex(z *Ztoc, checkpoints io.ReaderAt, size int64) (*LayerIndex, error) {
-	x := &LayerIndex{z: z, byPath: make(map[string]int32, len(z.TOC.FileMetadata))}
+// NewLayerIndex validates z (see Decode; the limits opts select, default
+// DefaultLimits) and prepares it for random access. For gzip layers,
+// checkpoints is the checkpoint blob (z.CompressionInfo.Checkpoints when it
+// is in memory; then checkpoints may be nil).
+func NewLayerIndex(z *Ztoc, checkpoints io.ReaderAt, size int64, opts ...Option) (*LayerIndex, error) {
+	lim := applyOptions(opts)
+	if z == nil {
+		return nil, malformed("ztoc: nil zTOC")
+	}
 	ci := &z.CompressionInfo
 	if checkpoints == nil {
 		checkpoints, size = bytes.NewReader(ci.Checkpoints), int64(len(ci.Checkpoints))
 	}
-	if z.CompressedArchiveSize <= 0 || z.UncompressedArchiveSize < 0 {
-		return nil, fmt.Errorf("%w: archive sizes %d/%d", ErrMalformed, z.CompressedArchiveSize, z.UncompressedArchiveSize)
+	g, err := checkZtoc(z, checkpoints, size, &lim)
+	if err != nil {
+		return nil, err
 	}
-	switch ci.Algorithm {
-	case Gzip:
-		t, err := ParseCheckpoints(checkpoints, size)
-		if err != nil {
-			return nil, err
-		}
-		// The last checkpoint must lie inside the compressed layer (the
-		// parser checked order and bounds of the others).
-		if _, _, _, _, err := t.SpanRanges(SpanID(len(t.Points)-1), z.CompressedArchiveSize, z.UncompressedArchiveSize); err != nil {
-			return nil, err
-		}
-		x.cps, x.nspans = t, len(t.Points)
-	case Uncompressed:
-		buf := make([]byte, size)
-		if _, err := checkpoints.ReadAt(buf, 0); err != nil && err != io.EOF {
-			return nil, fmt.Errorf("ztoc: read tar span info: %w", err)
-		}
-		spanSize, tarSize, err := ParseTarZinfo(buf)
-		if err != nil {
-			return nil, err
-		}
-		// The spans cover the whole blob; SOCI's uncompressed archive size
-		// stops at the tar end-of-archive marker, so it is smaller when
-		// zero records follow (GNU tar pads to 10 KiB records).
-		if spanSize <= 0 || tarSize != z.CompressedArchiveSize || z.UncompressedArchiveSize > tarSize {
-			return nil, fmt.Errorf("%w: tar span info (span %d, size %d) does not match the archive (%d bytes, %d up to the end of the tar)",
-				ErrMalformed, spanSize, tarSize, z.CompressedArchiveSize, z.UncompressedArchiveSize)
-		}
-		x.tarSpanSize = spanSize
-		x.nspans = int((tarSize + spanSize - 1) / spanSize)
-		if x.nspans == 0 {
-			x.nspans = 1
-		}
-	default:
-		return nil, fmt.Errorf("%w: compression algorithm %d", ErrMalformed, ci.Algorithm)
+	if z.CompressedArchiveSize <= 0 || g.nspans < 1 {
+		return nil, malformed("ztoc: empty layer (%d bytes, %d spans)", z.CompressedArchiveSize, g.nspans)
 	}
-	if int(ci.MaxSpanID)+1 != x.nspans || len(ci.SpanDigests) != x.nspans {
-		return nil, fmt.Errorf("%w: %d spans, max span id %d, %d span digests", ErrMalformed, x.nspans, ci.MaxSpanID, len(ci.SpanDigests))
+	x := &LayerIndex{
+		z: z, lim: lim, cps: g.cps, tarSpanSize: g.tarSpanSize, nspans: g.nspans,
+		byPath: make(map[string]int32, len(z.TOC.FileMetadata)),
 	}
 	for i := range z.TOC.FileMetadata {
-		m := &z.TOC.FileMetadata[i]
-		if m.Type == TypeReg && (m.UncompressedOffset < 0 || m.UncompressedSize < 0 ||
-			m.UncompressedOffset+m.UncompressedSize > z.UncompressedArchiveSize ||
-			m.UncompressedOffset+m.UncompressedSize < m.UncompressedOffset) {
-			return nil, fmt.Errorf("%w: %q: data [%d, +%d) outside the archive (%d bytes)", ErrInvalidEntry, m.Name, m.UncompressedOffset, m.UncompressedSize, z.UncompressedArchiveSize)
+		name := CleanName(z.TOC.FileMetadata[i].Name)
+		if prev, ok := x.byPath[name]; ok {
+			if x.dups == nil {
+				x.dups = make(map[string][]int32)
+			}
+			if len(x.dups[name]) == 0 {
+				x.dups[name] = append(x.dups[name], prev)
+			}
+			x.dups[name] = append(x.dups[name], int32(i))
 		}
-		x.byPath[CleanName(m.Name)] = int32(i)
+		x.byPath[name] = int32(i)
 	}
 	x.windows.New = func() any { return new([WindowSize]byte) }
 	return x, nil
 }
+
+// Limits returns the limits the index was opened with (defaults filled in).
+func (x *LayerIndex) Limits() Limits { return x.lim }
 
 // Ztoc returns the decoded zTOC (without the checkpoint blob when the index
 // was opened with OpenLayerIndex). Callers must not modify it.
@@ -172,8 +161,14 @@ func (x *LayerIndex) CompressedSpanOf(off int64) SpanID {
 	return SpanID(max(i, 0))
 }
 
-// SpanDigest returns the digest of span id's compressed bytes.
-func (x *LayerIndex) SpanDigest(id SpanID) digest.Digest { return x.z.CompressionInfo.SpanDigests[id] }
+// SpanDigest returns the digest of span id's compressed bytes ("" for an id
+// outside [0, NumSpans)).
+func (x *LayerIndex) SpanDigest(id SpanID) digest.Digest {
+	if id < 0 || int(id) >= x.nspans {
+		return ""
+	}
+	return x.z.CompressionInfo.SpanDigests[id]
+}
 
 // VerifySpan checks compressed against span id's length and digest.
 func (x *LayerIndex) VerifySpan(id SpanID, compressed []byte) error {
@@ -192,23 +187,45 @@ func (x *LayerIndex) VerifySpan(id SpanID, compressed []byte) error {
 	return nil
 }
 
-// InflateSpan verifies the compressed bytes of span id and returns the
-// span's uncompressed bytes, appended to dst[:0] when it has room.
+// InflateSpan verifies the compressed bytes of span id against its length
+// and digest and returns the span's uncompressed bytes (exactly
+// SpanUncompressedRange long), in dst when it has the capacity, else in a
+// new slice. It is safe for any zTOC that passed OpenLayerIndex or
+// NewLayerIndex: the length is bounded by Limits.MaxSpanSize, and corrupt
+// input (or a checkpoint that is not a real block boundary) gives an error
+// (ErrCorruptStream, ErrTruncated, ErrMalformed), never a panic. The bytes
+// are those of the layer only once the zTOC passed Verify: until then a
+// forged checkpoint window can change them (see README.md).
 func (x *LayerIndex) InflateSpan(id SpanID, compressed, dst []byte) ([]byte, error) {
 	if err := x.VerifySpan(id, compressed); err != nil {
 		return nil, err
 	}
-	return x.InflateVerified(id, compressed, dst)
+	return x.inflateVerified(id, compressed, dst)
 }
 
-// InflateVerified is InflateSpan for bytes already verified against span
+// InflateVerifiedSpan is InflateSpan for compressed bytes the caller has
+// already checked with VerifySpan (e.g. a cache that verified them when it
+// stored them). Only their length is checked again.
+func (x *LayerIndex) InflateVerifiedSpan(id SpanID, compressed, dst []byte) ([]byte, error) {
+	return x.inflateVerified(id, compressed, dst)
+}
+
+// inflateVerified is InflateSpan for bytes already verified against span
 // id's digest.
-func (x *LayerIndex) InflateVerified(id SpanID, compressed, dst []byte) ([]byte, error) {
+func (x *LayerIndex) inflateVerified(id SpanID, compressed, dst []byte) ([]byte, error) {
+	if id < 0 || int(id) >= x.nspans {
+		return nil, fmt.Errorf("%w: span %d of %d", ErrMalformed, id, x.nspans)
+	}
 	start, end := x.SpanCompressedRange(id)
 	if int64(len(compressed)) != end-start {
 		return nil, fmt.Errorf("%w: span %d has %d bytes, want %d", ErrSpanDigest, id, len(compressed), end-start)
 	}
 	u0, u1 := x.SpanUncompressedRange(id)
+	if u1-u0 < 0 || u1-u0 > x.lim.MaxSpanSize {
+		// Cannot happen for an index that passed checkZtoc; never allocate
+		// what a zTOC merely claims.
+		return nil, overLimit(true, "ztoc: span %d of %d bytes", id, u1-u0)
+	}
 	n := int(u1 - u0)
 	if cap(dst) < n {
 		dst = make([]byte, n)
@@ -235,6 +252,36 @@ func (x *LayerIndex) InflateVerified(id SpanID, compressed, dst []byte) ([]byte,
 	return dst, nil
 }
 
+// CheckWindow checks the window of checkpoint id (which span id inflates
+// from) against prev, the inflated bytes of span id-1 (as InflateSpan
+// returns them): the window must end with prev's last min(32 KiB, len(prev))
+// bytes. A difference wraps ErrVerify. It catches a forged window whenever
+// two adjacent spans are inflated together, at the cost of a 32 KiB
+// comparison; only Verify proves every window. Uncompressed layers have no
+// windows (nil).
+func (x *LayerIndex) CheckWindow(id SpanID, prev []byte) error {
+	if x.cps == nil {
+		return nil
+	}
+	if id <= 0 || int(id) >= x.nspans {
+		return fmt.Errorf("%w: span %d of %d has no previous span", ErrMalformed, id, x.nspans)
+	}
+	if a, b := x.SpanUncompressedRange(id - 1); int64(len(prev)) != b-a {
+		return fmt.Errorf("ztoc: check window %d: span %d has %d bytes, want %d", id, id-1, len(prev), b-a)
+	}
+	win := x.windows.Get().(*[WindowSize]byte)
+	defer x.windows.Put(win)
+	w, err := x.cps.Window(int(id), win[:])
+	if err != nil {
+		return fmt.Errorf("ztoc: read window of span %d: %w", id, err)
+	}
+	n := min(len(prev), WindowSize)
+	if !bytes.Equal(w[WindowSize-n:], prev[len(prev)-n:]) {
+		return fmt.Errorf("ztoc: checkpoint %d: its window differs from the last %d bytes of span %d: %w", id, n, id-1, ErrVerify)
+	}
+	return nil
+}
+
 // Lookup returns the index of the entry named name (any spelling that cleans
 // to the same path).
 func (x *LayerIndex) Lookup(name string) (int, bool) {
@@ -242,21 +289,46 @@ func (x *LayerIndex) Lookup(name string) (int, bool) {
 	return int(i), ok
 }
 
-// maxLinkDepth bounds hard-link chains (a hostile zTOC could loop).
+// LookupBefore returns the last entry named name (any spelling that cleans
+// to the same path) that comes before entry i in the stream: what the name
+// refers to while entry i is being extracted.
+func (x *LayerIndex) LookupBefore(name string, i int) (int, bool) {
+	c := CleanName(name)
+	if d, ok := x.dups[c]; ok {
+		k := sort.Search(len(d), func(k int) bool { return int(d[k]) >= i }) - 1
+		if k < 0 {
+			return 0, false
+		}
+		return int(d[k]), true
+	}
+	j, ok := x.byPath[c]
+	if !ok || int(j) >= i {
+		return 0, false
+	}
+	return int(j), true
+}
+
+// maxLinkDepth bounds hard-link chains.
 const maxLinkDepth = 8
 
 // Resolve follows hard links from entry i to the regular file holding the
-// data.
+// data. A hard link refers to the entry of its link name that precedes it
+// in the stream, as in an extraction (a later entry of the same name
+// replaces the name, not the linked file); a link to a name that does not
+// exist yet fails, as it would when extracting.
 func (x *LayerIndex) Resolve(i int) (int, error) {
 	e := x.z.TOC.FileMetadata
+	if i < 0 || i >= len(e) {
+		return 0, fmt.Errorf("%w: entry %d of %d", ErrNotExist, i, len(e))
+	}
 	for depth := 0; depth < maxLinkDepth; depth++ {
 		switch e[i].Type {
 		case TypeReg:
 			return i, nil
 		case TypeHardlink:
-			j, ok := x.Lookup(e[i].Linkname)
+			j, ok := x.LookupBefore(e[i].Linkname, i)
 			if !ok {
-				return 0, fmt.Errorf("%w: hard link %q to missing %q", ErrNotExist, e[i].Name, e[i].Linkname)
+				return 0, fmt.Errorf("%w: hard link %q to %q, which no entry before it names", ErrNotExist, e[i].Name, e[i].Linkname)
 			}
 			i = j
 		default:

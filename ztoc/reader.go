@@ -1,10 +1,9 @@
 package ztoc
 
 import (
-	"archive/tar"
-	"bytes"
 	"container/list"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -114,9 +113,10 @@ func (c *SpanCache) land(k spanKey, f *flight, data []byte, err error) {
 // Reader reads the uncompressed tar stream of a layer, and files in it, at
 // random offsets, fetching only the spans that hold the bytes asked for.
 type Reader struct {
-	x     *LayerIndex
-	src   SpanSource
-	cache *SpanCache
+	x      *LayerIndex
+	src    SpanSource
+	cache  *SpanCache
+	checks *HeaderChecks
 }
 
 // NewReader returns a Reader of x's layer getting compressed spans from src.
@@ -126,7 +126,7 @@ func NewReader(x *LayerIndex, src SpanSource, cache *SpanCache) *Reader {
 	if cache == nil {
 		cache = NewSpanCache(4 * maxSpanLen(x))
 	}
-	return &Reader{x: x, src: src, cache: cache}
+	return &Reader{x: x, src: src, cache: cache, checks: NewHeaderChecks(len(x.Entries()))}
 }
 
 func maxSpanLen(x *LayerIndex) int64 {
@@ -175,10 +175,28 @@ func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// errAbandoned completes the flights of spans whose inflation panicked.
+var errAbandoned = fmt.Errorf("ztoc: inflating the span panicked: %w", ErrMalformed)
+
 // spans returns the inflated spans first..last, from the cache or by
-// fetching every run of missing spans with one FetchSpans call.
+// fetching every run of missing spans with one FetchSpans call. Every
+// flight it opens is completed before it returns, even when fetching or
+// inflating fails or panics, so that no other reader of those spans waits
+// forever.
 func (r *Reader) spans(ctx context.Context, first, last SpanID) ([][]byte, error) {
-	out := make([][]byte, last-first+1)
+	for attempt := 0; ; attempt++ {
+		out, retry, err := r.spansOnce(ctx, first, last)
+		if !retry || attempt >= 2 {
+			return out, err
+		}
+	}
+}
+
+// spansOnce is one round of spans; retry reports that a span another
+// reader was fetching failed only because that reader gave up (its
+// context ended) while ours is still alive.
+func (r *Reader) spansOnce(ctx context.Context, first, last SpanID) (out [][]byte, retry bool, err error) {
+	out = make([][]byte, last-first+1)
 	waits := make(map[SpanID]*flight)
 	owned := make(map[SpanID]*flight)
 	for id := first; id <= last; id++ {
@@ -192,6 +210,20 @@ func (r *Reader) spans(ctx context.Context, first, last SpanID) ([][]byte, error
 			waits[id] = f
 		}
 	}
+	defer func() {
+		// Land whatever is still in flight (a panic below, or a run not
+		// reached), then let a panic go on.
+		if len(owned) == 0 {
+			return
+		}
+		p := recover()
+		for id, f := range owned {
+			r.cache.land(spanKey{r.x, id}, f, nil, errAbandoned)
+		}
+		if p != nil {
+			panic(p)
+		}
+	}()
 	// Fetch and inflate our own spans, one source call per contiguous run.
 	var firstErr error
 	for id := first; id <= last; {
@@ -213,9 +245,12 @@ func (r *Reader) spans(ctx context.Context, first, last SpanID) ([][]byte, error
 		select {
 		case <-f.done:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, false, ctx.Err()
 		}
 		if f.err != nil {
+			if isContextErr(f.err) && ctx.Err() == nil {
+				retry = true
+			}
 			if firstErr == nil {
 				firstErr = f.err
 			}
@@ -224,11 +259,19 @@ func (r *Reader) spans(ctx context.Context, first, last SpanID) ([][]byte, error
 		out[id-first] = f.data
 	}
 	if firstErr != nil {
-		return nil, firstErr
+		return nil, retry, firstErr
 	}
-	return out, nil
+	return out, false, nil
 }
 
+func isContextErr(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// fetchRun fetches and inflates the owned spans a..b and lands their
+// flights (removing them from owned). The window of every span whose
+// predecessor is in the run is checked against that predecessor's bytes
+// (CheckWindow) before either is cached.
 func (r *Reader) fetchRun(ctx context.Context, a, b SpanID, owned map[SpanID]*flight, out [][]byte) error {
 	comp, err := r.src.FetchSpans(ctx, a, b)
 	if err == nil && len(comp) != int(b-a+1) {
@@ -238,23 +281,35 @@ func (r *Reader) fetchRun(ctx context.Context, a, b SpanID, owned map[SpanID]*fl
 	if vs, ok := r.src.(VerifyingSource); ok {
 		verified = vs.VerifiesSpans()
 	}
+	errs := make([]error, b-a+1)
+	for id := a; id <= b; id++ {
+		k := id - a
+		switch {
+		case err == nil && verified:
+			out[k], errs[k] = r.x.inflateVerified(id, comp[k], nil)
+		case err == nil:
+			out[k], errs[k] = r.x.InflateSpan(id, comp[k], nil)
+		default:
+			errs[k] = fmt.Errorf("ztoc: fetch spans %d-%d: %w", a, b, err)
+		}
+	}
+	for id := b; id > a; id-- {
+		k := id - a
+		if errs[k] == nil && errs[k-1] == nil {
+			if werr := r.x.CheckWindow(id, out[k-1]); werr != nil {
+				errs[k], out[k] = werr, nil
+			}
+		}
+	}
 	var runErr error
 	for id := a; id <= b; id++ {
-		var data []byte
-		ferr := err
-		switch {
-		case ferr == nil && verified:
-			data, ferr = r.x.InflateVerified(id, comp[id-a], nil)
-		case ferr == nil:
-			data, ferr = r.x.InflateSpan(id, comp[id-a], nil)
-		default:
-			ferr = fmt.Errorf("ztoc: fetch spans %d-%d: %w", a, b, ferr)
+		k := id - a
+		f := owned[id]
+		delete(owned, id)
+		r.cache.land(spanKey{r.x, id}, f, out[k], errs[k])
+		if errs[k] != nil && runErr == nil {
+			runErr = errs[k]
 		}
-		r.cache.land(spanKey{r.x, id}, owned[id], data, ferr)
-		if ferr != nil && runErr == nil {
-			runErr = ferr
-		}
-		out[id-a] = data
 	}
 	return runErr
 }
@@ -320,85 +375,76 @@ func (f *File) ReadAtContext(ctx context.Context, p []byte, off int64) (int, err
 	return f.r.ReadFile(ctx, f.i, p, off)
 }
 
-// CheckHeader checks the tar header in front of regular file i's data (see
-// LayerIndex.CheckHeader). The caller's read that follows (n bytes at off in
-// the file) is fetched together with the header when its spans follow the
-// header's, so the check costs no extra request.
+// CheckHeader checks, before the first byte of entry i (a regular file or
+// a hard link to one) is served, every tar header that byte relies on: the
+// header run of the regular file holding the data and, for a hard link,
+// the hard link's own header run (see CheckEntry). The caller's read that
+// follows (n bytes at off in the file) is fetched together with the
+// target's header when its spans follow the header's, so the check costs no
+// extra request. Results are remembered: checking an entry again costs
+// nothing.
 func (r *Reader) CheckHeader(ctx context.Context, i int, off, n int64) error {
 	j, err := r.x.Resolve(i)
 	if err != nil {
 		return err
 	}
-	if a, c, ok := r.x.HeaderSpans(j, off, n); ok {
-		if _, err := r.spans(ctx, a, c); err != nil {
-			return fmt.Errorf("ztoc: read header of %q: %w", r.x.z.TOC.FileMetadata[j].Name, err)
+	if j != i {
+		if err := r.CheckEntry(ctx, i); err != nil {
+			return err
 		}
 	}
-	return r.x.CheckHeader(ctx, j, r.ReadAt)
+	m := &r.x.z.TOC.FileMetadata[j]
+	if checked, err := r.checks.Result(j); checked {
+		return err
+	}
+	hs, he := r.x.HeaderRange(j)
+	a, c := r.x.SpanOf(hs), r.x.SpanOf(max(he-1, hs))
+	if off >= 0 && off < m.UncompressedSize && n > 0 {
+		// Fetch the read's spans in the same request when they follow.
+		b, end := r.x.SpanOf(m.UncompressedOffset+off), r.x.SpanOf(m.UncompressedOffset+min(off+n, m.UncompressedSize)-1)
+		if b-c <= 1 {
+			c = max(c, end)
+		}
+	}
+	if err := r.checkSpans(ctx, a, c); err != nil {
+		return fmt.Errorf("ztoc: read header of %.200q: %w", m.Name, err)
+	}
+	_, err = r.checks.Result(j)
+	return err
 }
 
-// StreamReader reads the uncompressed tar stream of a layer at random
-// offsets (Reader.ReadAt, or a span manager's).
-type StreamReader func(ctx context.Context, p []byte, off int64) (int, error)
-
-// HeaderSpans returns the spans to fetch, in one go, for checking regular
-// file i's header before a read of n bytes at off in the file: from the
-// header's span to the read's last span, when the read's spans follow the
-// header's (ok is false otherwise, or when nothing needs checking).
-func (x *LayerIndex) HeaderSpans(i int, off, n int64) (first, last SpanID, ok bool) {
-	m := &x.z.TOC.FileMetadata[i]
-	if m.Type != TypeReg || m.UncompressedSize == 0 || m.UncompressedOffset < blockSize ||
-		off < 0 || off >= m.UncompressedSize || n <= 0 {
-		return 0, 0, false
+// CheckEntry checks entry i, of any type, against its own tar header run
+// (see LayerIndex.CheckHeaderRun): for directories, symlinks, devices,
+// FIFOs and hard links too, whose metadata a file system serves from the
+// zTOC. It fetches the one or two spans that hold the header run and
+// checks every other entry whose header run they hold as well, so that a
+// directory listing costs a fetch per span, not per entry. Results are
+// remembered.
+func (r *Reader) CheckEntry(ctx context.Context, i int) error {
+	if i < 0 || i >= len(r.x.Entries()) {
+		return fmt.Errorf("%w: entry %d of %d", ErrNotExist, i, len(r.x.Entries()))
 	}
-	end := m.UncompressedOffset + min(off+n, m.UncompressedSize) - 1
-	a, b, c := x.SpanOf(m.UncompressedOffset-blockSize), x.SpanOf(m.UncompressedOffset+off), x.SpanOf(end)
-	return a, c, b-a <= 1
+	if checked, err := r.checks.Result(i); checked {
+		return err
+	}
+	s, e := r.x.HeaderRange(i)
+	if err := r.checkSpans(ctx, r.x.SpanOf(s), r.x.SpanOf(max(e-1, s))); err != nil {
+		return fmt.Errorf("ztoc: read header of %.200q: %w", r.x.Entries()[i].Name, err)
+	}
+	_, err := r.checks.Result(i)
+	return err
 }
 
-// CheckHeader reads, through read, the tar header block just before the
-// data of regular file i and checks that it is the header of that file: a
-// valid tar header (checksum) of a regular file with the entry's size, mode
-// and owner. It catches a zTOC whose offsets or sizes do not match the
-// layer before a single byte of the file is served; callers do it on the
-// first read of each file. Empty files have nothing to check.
-func (x *LayerIndex) CheckHeader(ctx context.Context, i int, read StreamReader) error {
-	m := &x.z.TOC.FileMetadata[i]
-	if m.Type != TypeReg {
-		return fmt.Errorf("%w: %q is a %s, not a regular file", ErrNotExist, m.Name, m.Type)
-	}
-	if m.UncompressedSize == 0 {
-		return nil
-	}
-	if m.UncompressedOffset < blockSize {
-		return fmt.Errorf("%w: %q: data at %d leaves no room for its header", ErrHeaderMismatch, m.Name, m.UncompressedOffset)
-	}
-	hdrOff := m.UncompressedOffset - blockSize
-	block := make([]byte, blockSize, 3*blockSize) // + end-of-archive for archive/tar
-	if _, err := read(ctx, block, hdrOff); err != nil && err != io.EOF {
-		return fmt.Errorf("ztoc: read header of %q: %w", m.Name, err)
-	}
-	h, err := tar.NewReader(bytes.NewReader(block[:3*blockSize])).Next()
+// checkSpans gets the inflated spans a..b and records the header check of
+// every entry whose header run lies in them.
+func (r *Reader) checkSpans(ctx context.Context, a, b SpanID) error {
+	spans, err := r.spans(ctx, a, b)
 	if err != nil {
-		return fmt.Errorf("%w: %q: no tar header before its data at %d: %v", ErrHeaderMismatch, m.Name, m.UncompressedOffset, err)
+		return err
 	}
-	var diff string
-	_, paxSize := m.PAXRecords["size"]
-	_, paxUID := m.PAXRecords["uid"]
-	_, paxGID := m.PAXRecords["gid"]
-	switch {
-	case h.Typeflag != tar.TypeReg && h.Typeflag != tar.TypeRegA:
-		diff = fmt.Sprintf("type %q", h.Typeflag)
-	case !paxSize && h.Size != m.UncompressedSize:
-		diff = fmt.Sprintf("size %d, the index says %d", h.Size, m.UncompressedSize)
-	case h.Mode != m.Mode:
-		diff = fmt.Sprintf("mode %o, the index says %o", h.Mode, m.Mode)
-	case (!paxUID && h.Uid != int(m.UID)) || (!paxGID && h.Gid != int(m.GID)):
-		diff = fmt.Sprintf("owner %d:%d, the index says %d:%d", h.Uid, h.Gid, m.UID, m.GID)
-	default:
-		return nil
-	}
-	return fmt.Errorf("%w: %q: the header before its data has %s", ErrHeaderMismatch, m.Name, diff)
+	r.x.CheckHeadersIn(a, spans, r.checks)
+	return nil
 }
 
-const blockSize = 512
+// HeaderChecks returns the Reader's record of header checks.
+func (r *Reader) HeaderChecks() *HeaderChecks { return r.checks }

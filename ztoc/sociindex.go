@@ -77,10 +77,6 @@ const (
 	AnnotationUncompressedSize = AnnotationPrefix + "uncompressed-size"
 )
 
-// MaxIndexSize bounds a SOCI index manifest or referrers list accepted by
-// the parsers (the 4 MiB manifest limit of common registries).
-const MaxIndexSize = 4 << 20
-
 // EmptyConfig is the config blob of every SOCI index.
 var EmptyConfig = []byte("{}")
 
@@ -313,15 +309,17 @@ func validateDescriptor(d ocispec.Descriptor) error {
 }
 
 // ParseIndex parses and validates a v1 or v2 SOCI index manifest. It
-// rejects (ErrMalformed) documents larger than MaxIndexSize, other media
+// rejects (ErrMalformed) documents larger than Limits.MaxIndexSize (also
+// ErrLimit; opts select the limits, default DefaultLimits), other media
 // types, a config other than the "{}" blob, a v1 index without subject or
 // a v2 index with one, invalid digests or sizes, zTOC descriptors without
 // a valid image-layer-digest annotation or with unparsable span size, xattr
 // or lazypull annotations, and layers that are neither zTOCs nor prefetch
 // artifacts.
-func ParseIndex(b []byte) (*Index, error) {
-	if len(b) > MaxIndexSize {
-		return nil, malformed("ztoc: parse SOCI index: %d bytes exceed the %d-byte limit", len(b), MaxIndexSize)
+func ParseIndex(b []byte, opts ...Option) (*Index, error) {
+	lim := applyOptions(opts)
+	if len(b) > lim.MaxIndexSize {
+		return nil, overLimit(true, "ztoc: parse SOCI index: %d bytes exceed the %d-byte limit", len(b), lim.MaxIndexSize)
 	}
 	var m ocispec.Manifest
 	if err := json.Unmarshal(b, &m); err != nil {
@@ -475,10 +473,12 @@ func BuildReferrersIndex(referrers []ocispec.Descriptor) ([]byte, error) {
 
 // ParseReferrers parses an OCI image index (a referrers API response, a
 // referrers tag, or the image index `soci convert` writes) and returns its
-// descriptors, each validated.
-func ParseReferrers(b []byte) ([]ocispec.Descriptor, error) {
-	if len(b) > MaxIndexSize {
-		return nil, malformed("ztoc: parse image index: %d bytes exceed the %d-byte limit", len(b), MaxIndexSize)
+// descriptors, each validated. Documents larger than Limits.MaxIndexSize
+// are refused (ErrLimit and ErrMalformed; opts select the limits).
+func ParseReferrers(b []byte, opts ...Option) ([]ocispec.Descriptor, error) {
+	lim := applyOptions(opts)
+	if len(b) > lim.MaxIndexSize {
+		return nil, overLimit(true, "ztoc: parse image index: %d bytes exceed the %d-byte limit", len(b), lim.MaxIndexSize)
 	}
 	var idx ocispec.Index
 	if err := json.Unmarshal(b, &idx); err != nil {

@@ -136,7 +136,7 @@ func TestParseIndexMalformed(t *testing.T) {
 	const layerDigestAnn = `"com.amazon.soci.image-layer-digest":"sha256:fcde2b2edba56bf408601fb721fe9b5c338d10ee429ea04fae5511b68fbf8fb9",`
 	tests := map[string][]byte{
 		"not json":                  []byte("{"),
-		"too large":                 []byte(`{"x":"` + strings.Repeat("a", MaxIndexSize) + `"}`),
+		"too large":                 []byte(`{"x":"` + strings.Repeat("a", DefaultMaxIndexSize) + `"}`),
 		"schema version":            replace(`"schemaVersion":2`, `"schemaVersion":1`),
 		"manifest media type":       replace(`"mediaType":"application/vnd.oci.image.manifest.v1+json","config"`, `"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config"`),
 		"config media type":         replace(`"application/vnd.amazon.soci.index.v1+json"`, `"application/vnd.amazon.soci.index.v3+json"`),

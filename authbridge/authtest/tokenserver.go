@@ -62,6 +62,7 @@ type TokenServer struct {
 	anonymous      map[string][]string
 	lifetime       time.Duration
 	omitExpiresIn  bool
+	rawExpiresIn   json.RawMessage
 	omitIssuedAt   bool
 	issuedAtOffset time.Duration
 	postSupported  bool
@@ -158,6 +159,16 @@ func (s *TokenServer) SetOmitExpiresIn(omit bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.omitExpiresIn = omit
+}
+
+// SetRawExpiresIn makes answers carry raw (any JSON value, e.g. a huge
+// number, a fraction or a string) as expires_in, as a broken or hostile
+// token server might; the real lifetime stays what SetLifetime says. nil
+// restores the normal value.
+func (s *TokenServer) SetRawExpiresIn(raw json.RawMessage) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rawExpiresIn = raw
 }
 
 // SetOmitIssuedAt makes answers leave out issued_at.
@@ -300,7 +311,10 @@ func (s *TokenServer) serveToken(w http.ResponseWriter, r *http.Request) {
 		answer["token"] = tok
 		answer["access_token"] = tok
 	}
-	if !s.omitExpiresIn {
+	switch {
+	case s.rawExpiresIn != nil:
+		answer["expires_in"] = s.rawExpiresIn
+	case !s.omitExpiresIn:
 		answer["expires_in"] = int64(s.lifetime / time.Second)
 	}
 	if !s.omitIssuedAt {

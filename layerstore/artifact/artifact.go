@@ -24,7 +24,8 @@ type RefKind string
 const (
 	// ImageRef maps ImageKey(manifest digest) to a SOCI index digest.
 	ImageRef RefKind = "image"
-	// LayerRef maps LayerKey(layer digest) to a zTOC digest.
+	// LayerRef maps LayerKey(layer digest) or ScopedLayerKey(repository,
+	// layer digest) to a zTOC digest.
 	LayerRef RefKind = "layer"
 )
 
@@ -38,6 +39,14 @@ func ImageKey(manifest digest.Digest, spanSize int64) string {
 // with the given span size.
 func LayerKey(layer digest.Digest, spanSize int64) string {
 	return key(fmt.Sprintf("%s/span=%d/layer/%s", FormatVersion, spanSize, layer))
+}
+
+// ScopedLayerKey returns the key of a layer's zTOC found through repository
+// repo (its registry's SOCI index, or the shared store for an image of
+// repo) and not verified here yet: it serves images of that repository
+// only (see layerstore's trust rules).
+func ScopedLayerKey(repo string, layer digest.Digest, spanSize int64) string {
+	return key(fmt.Sprintf("%s/span=%d/scoped/%s/layer/%s", FormatVersion, spanSize, repo, layer))
 }
 
 func key(s string) string {

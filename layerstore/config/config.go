@@ -113,6 +113,15 @@ type RegistryConfig struct {
 	// meanwhile, and after that the mirror is skipped for the blob. "0s"
 	// skips such a mirror at once. Default "1m".
 	MirrorWarmup Duration `toml:"mirror_warmup"`
+	// HandoverPersist keeps the credentials podman hands over (the
+	// additional-layer-store auth helper) in root_dir/auth/handover.json
+	// (mode 0600) for HandoverPersistTTL, so that they survive a restart of
+	// the daemon. Default false: memory only; a file left by an earlier
+	// version is deleted at start.
+	HandoverPersist bool `toml:"handover_persist"`
+	// HandoverPersistTTL is how long a handed-over credential stays in that
+	// file after podman last handed it over. Default "1h".
+	HandoverPersistTTL Duration `toml:"handover_persist_ttl"`
 }
 
 // IndexConfig controls which layers get a zTOC and how it is built.
@@ -130,6 +139,16 @@ type IndexConfig struct {
 	OnDemand string `toml:"on_demand"`
 	// Parallel is the number of layers indexed at the same time. Default 4.
 	Parallel int `toml:"parallel"`
+	// MaxZtocSize bounds a zTOC read from a registry or the shared store, or
+	// built here. Default "512MiB".
+	MaxZtocSize ByteSize `toml:"max_ztoc_size"`
+	// MaxEntries bounds the tar entries of a layer served lazily. Default
+	// 1048576.
+	MaxEntries int `toml:"max_entries"`
+	// MaxSpanSize bounds a span, compressed and uncompressed (an index
+	// declaring larger spans is refused; a layer whose deflate blocks are
+	// longer cannot be indexed). Default "64MiB".
+	MaxSpanSize ByteSize `toml:"max_span_size"`
 }
 
 // CacheConfig sizes the on-disk caches under root_dir.
@@ -189,9 +208,15 @@ type VerifyConfig struct {
 // ArtifactsConfig controls where zTOCs and SOCI indexes are kept and shared.
 type ArtifactsConfig struct {
 	// SharedRepository is an OCI repository ("registry.example.com/lazypull/
-	// artifacts") where the fleet shares the indexes it builds; it must be
-	// writable with the credentials podman has for it. Default "" (local only).
+	// artifacts") where the fleet shares the indexes it builds or verifies;
+	// it must be writable with the credentials podman has for it. Indexes
+	// read from it are used like those of a registry: for the image's
+	// repository only until verified here. Default "" (local only).
 	SharedRepository string `toml:"shared_repository"`
+	// Share says whose indexes go to the shared repository (they hold file
+	// names and some plaintext of the image): "public", images this daemon
+	// reads without credentials; "all"; or "none". Default "public".
+	Share string `toml:"share"`
 	// PushToImageRegistry pushes indexes built on demand to the image's own
 	// repository as SOCI v1 referrers, when the credentials allow. Default false.
 	PushToImageRegistry bool `toml:"push_to_image_registry"`
@@ -233,12 +258,16 @@ func DefaultFor(root bool) Config {
 			ResolveCacheTTL:        Duration(10 * time.Second),
 			MirrorFirstByteTimeout: Duration(10 * time.Minute),
 			MirrorWarmup:           Duration(time.Minute),
+			HandoverPersistTTL:     Duration(time.Hour),
 		},
 		Index: IndexConfig{
 			MinLayerSize: 10 << 20,
 			SpanSize:     4 << 20,
 			OnDemand:     "sync",
 			Parallel:     4,
+			MaxZtocSize:  512 << 20,
+			MaxEntries:   1 << 20,
+			MaxSpanSize:  64 << 20,
 		},
 		Cache: CacheConfig{
 			SpanCacheSize:     CacheSize{Percent: 20},
@@ -253,6 +282,9 @@ func DefaultFor(root bool) Config {
 			Enabled:     true,
 			Concurrency: 4,
 			BatchSize:   16 << 20,
+		},
+		Artifacts: ArtifactsConfig{
+			Share: "public",
 		},
 		Verify: VerifyConfig{
 			Enabled: true,
@@ -392,8 +424,25 @@ func (c *Config) Validate() error {
 	if c.Registry.CertsDir != "" && !filepath.IsAbs(c.Registry.CertsDir) {
 		bad("registry.certs_dir must be an absolute path, got %q", c.Registry.CertsDir)
 	}
-	if c.Index.SpanSize < 64<<10 || c.Index.SpanSize > 1<<30 {
-		bad("index.span_size must be within 64KiB..1GiB, got %s", c.Index.SpanSize)
+	if c.Registry.HandoverPersistTTL <= 0 || c.Registry.HandoverPersistTTL > Duration(24*time.Hour) {
+		bad("registry.handover_persist_ttl must be within 1ns..24h, got %s", time.Duration(c.Registry.HandoverPersistTTL))
+	}
+	if c.Index.MaxSpanSize < 1<<20 || c.Index.MaxSpanSize > 1<<30 {
+		bad("index.max_span_size must be within 1MiB..1GiB, got %s", c.Index.MaxSpanSize)
+	}
+	if c.Index.SpanSize < 64<<10 || c.Index.SpanSize > c.Index.MaxSpanSize/2 {
+		bad("index.span_size must be within 64KiB..max_span_size/2 (%s), got %s", c.Index.MaxSpanSize/2, c.Index.SpanSize)
+	}
+	if c.Index.MaxZtocSize < 1<<20 || c.Index.MaxZtocSize > 2<<30 {
+		bad("index.max_ztoc_size must be within 1MiB..2GiB, got %s", c.Index.MaxZtocSize)
+	}
+	if c.Index.MaxEntries < 1 || c.Index.MaxEntries > 1<<24 {
+		bad("index.max_entries must be within 1..16777216, got %d", c.Index.MaxEntries)
+	}
+	switch c.Artifacts.Share {
+	case "public", "all", "none":
+	default:
+		bad("artifacts.share must be public, all or none, got %q", c.Artifacts.Share)
 	}
 	switch c.Index.OnDemand {
 	case "sync", "background", "off":

@@ -59,6 +59,7 @@ func TestCompat(t *testing.T) {
 			t.Run("header", func(t *testing.T) { checkHeader(t, l, truth, sociZ, ours) })
 			t.Run("checkpoints", func(t *testing.T) { checkCheckpoints(t, l, truth, sociZ, ours.Ztoc) })
 			t.Run("soci-ztoc/lazypull-reader", func(t *testing.T) { checkOursReadsSOCI(t, l, truth, sociZ, sociBytes, ours.Ztoc) })
+			t.Run("soci-ztoc/lazypull-verify", func(t *testing.T) { checkVerifySOCI(t, truth, sociBytes) })
 			t.Run("lazypull-ztoc/soci-reader", func(t *testing.T) { checkSOCIReadsOurs(t, l, truth, sociZ, ourBytes, ours.Ztoc) })
 		})
 	}
@@ -223,6 +224,31 @@ func checkOursReadsSOCI(t *testing.T, l Layer, truth *tarTruth, sociZ *sociztoc.
 		t.Fatalf("OpenLayerIndex(SOCI's zTOC): %v", err)
 	}
 	readEverything(t, x, truth)
+}
+
+// checkVerifySOCI checks SOCI's zTOC with lazypull's whole-layer
+// verification (every checkpoint, window, span digest and entry against the
+// layer) and per-entry header checks: a genuine SOCI zTOC passes both,
+// whatever SOCI's checkpoint placement and uncompressed size convention.
+func checkVerifySOCI(t *testing.T, truth *tarTruth, sociBytes []byte) {
+	x, err := ztoc.OpenLayerIndex(bytes.NewReader(sociBytes), int64(len(sociBytes)))
+	if err != nil {
+		t.Fatalf("OpenLayerIndex(SOCI's zTOC): %v", err)
+	}
+	res, err := x.Verify(context.Background(), bytes.NewReader(truth.blob),
+		ztoc.VerifyOptions{Digest: digest.FromBytes(truth.blob), DiffID: digest.FromBytes(truth.raw)})
+	if err != nil {
+		t.Fatalf("Verify(SOCI's zTOC) = %v", err)
+	}
+	if res.Entries != len(x.Entries()) || res.Size != int64(len(truth.blob)) || res.UncompressedSize != int64(len(truth.raw)) {
+		t.Errorf("Verify = %+v; want %d entries, %d bytes, %d uncompressed", res, len(x.Entries()), len(truth.blob), len(truth.raw))
+	}
+	r := ztoc.NewReader(x, ztoc.ReaderAtSource(x, bytes.NewReader(truth.blob)), nil)
+	for i, m := range x.Entries() {
+		if err := r.CheckEntry(context.Background(), i); err != nil {
+			t.Fatalf("CheckEntry(%q) of SOCI's zTOC = %v", m.Name, err)
+		}
+	}
 }
 
 // readEverything reads every file and the whole stream of x's layer with

@@ -392,8 +392,9 @@ func helperInput(t *testing.T, ref, user, password, identityToken string) []byte
 // registry serves exactly the image references whose credentials
 // `lazypull-auth-helper` handed over (a password for one tag, an identity
 // token for the image by digest), not another reference of the same image;
-// the credentials survive a restart in a 0600 file, and neither the log nor
-// the status ever shows the password.
+// with registry.handover_persist the credentials survive a restart in a 0600
+// file (by default they live in memory only: authbridge's tests), and
+// neither the log nor the status ever shows the password.
 func TestAuthHelperHandover(t *testing.T) {
 	img := cachedImage(t, privateImage())
 	indexed := indexedLayers(img, authMinLayer)
@@ -412,7 +413,7 @@ func TestAuthHelperHandover(t *testing.T) {
 	indexPrivate(t, r.Host, podmanAuth, ref)
 
 	d := testenv.StartDaemon(t, testenv.DaemonOptions{Config: map[string]any{
-		"registry": map[string]any{"insecure": []string{r.Host}, "auth_file": daemonAuth},
+		"registry": map[string]any{"insecure": []string{r.Host}, "auth_file": daemonAuth, "handover_persist": true},
 		"index":    map[string]any{"min_layer_size": "4MiB"},
 		"prefetch": map[string]any{"enabled": false}, "verification": map[string]any{"enabled": false},
 	}})

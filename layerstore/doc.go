@@ -1,6 +1,68 @@
 // Package layerstore is the Additional Layer Store daemon behind
-// `lazypull serve`: a FUSE filesystem that containers/storage consults for
-// layers of images being pulled, serving each layer's files lazily from the
-// registry through its zTOC, with an on-disk span cache, background prefetch,
-// verification and an artifact store for SOCI indexes.
+// `lazypull serve`: a FUSE filesystem (alsfs) that containers/storage
+// consults for the layers of images being pulled, serving each layer's
+// files lazily from the registry through its zTOC.
+//
+// # Who owns what
+//
+//   - Store (store.go) owns the daemon's state: the loaded layers, the
+//     resolved images, the disk caches (diskcache: spans; artifact.Local:
+//     zTOCs and SOCI indexes), the registry client, the fetch Scheduler
+//     and the background filler. Run (run.go) assembles the daemon: checks,
+//     memory limit, credentials, Serve (serve.go: mount, control socket,
+//     metrics).
+//   - layer (layer.go) is one served layer: its identity, its zTOC, the
+//     references and directories using it, and its spans.Manager, which
+//     owns the layer's bytes. A layer knows nothing of the Store; the Store
+//     gives it callbacks (onBad).
+//   - filler (prefetch.go) completes layers in the background: prefetch in
+//     batches near what containers read, then whole-layer verification
+//     (verify.go), both as clients of the span manager at background
+//     priorities.
+//
+// # The data path of a read
+//
+//  1. The kernel sends FUSE READ for a file of a layer directory;
+//     alsfs.fileNode.Read calls LayerContent.ReadFile with the regular
+//     file's entry (alsfs resolved hard links when it built the tree).
+//  2. layer.ReadFile checks, once per entry, the tar header run in front
+//     of the file's data against the zTOC (layer.checkEntry: the header's
+//     spans and the read's are fetched in one request), then asks the span
+//     manager for the bytes of the uncompressed stream.
+//  3. spans.Manager.ReadAt claims the missing spans of the range (one job
+//     per read, one range per run), raises jobs already in flight to
+//     Demand, and waits for them: each job runs on the manager's goroutine
+//     after the Scheduler granted it, reads the ranges from the layer's
+//     registry sources (remote.Blob.ReadRanges), verifies every span's
+//     digest, and commits the compressed spans to the span cache.
+//  4. Each span is then read from its inflated copy on disk (a pread), or
+//     inflated once (ztoc's inflater from the span's checkpoint) on the
+//     manager's goroutine, served from memory and committed to disk.
+//
+// So a cached read costs the FUSE round trip, a header-check lookup (an
+// atomic load), the manager's lock for the span's state, and a pread of
+// the page cache; no inflation and no allocation of span buffers.
+//
+// # Lock order
+//
+// Store.mu (layers, images, registry answers) may be held while taking
+// layer.mu; neither is held while calling the span manager, the FUSE tree
+// or the registry. spans.Manager.mu guards span states only and is held for
+// short state transitions (it takes diskcache's lock, never the other way
+// round); spans.Scheduler.mu is taken under Manager.mu (Ticket, Raise) and
+// never calls out. filler.mu guards background state and is not held while
+// fetching. alsfs's filesystem.mu guards its views and is not held while
+// calling the Resolver; the FUSE tree is never notified from inside a FUSE
+// request (markBad evicts on a store goroutine).
+//
+// # Trust
+//
+// A zTOC built here from the layer (digest and DiffID checked while
+// streaming) or verified here in full (ztoc.Verify) is trusted: it is
+// mapped to the layer for every image and may be shared. A zTOC found in an
+// image's registry or in the shared store serves the repository it was
+// found through only (artifact.ScopedLayerKey, layerKey.scope); before its
+// tree is served every hard link's own tar header is checked, every file's
+// header run is checked before its first byte, and the layer is verified
+// in full in the background ([verification]), which promotes the index.
 package layerstore

@@ -332,3 +332,10 @@ func (ts *testStore) anyLayer(d digest.Digest) *layer {
 	}
 	return nil
 }
+
+// loadedCount returns the number of layers loaded.
+func (ts *testStore) loadedCount() int {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return len(ts.layers)
+}

@@ -1,17 +1,22 @@
 package layerstore
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"testing"
+	"time"
 
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/lazypull/lazypull/layerstore/alsfs"
+	"github.com/lazypull/lazypull/ztoc"
 )
 
 // TestMountedStore mounts the store with FUSE and reads a layer the way
@@ -76,5 +81,92 @@ func TestMountedStore(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(refDir, digest.FromString("other").String())); !errors.Is(err, syscall.ENOENT) {
 		t.Errorf("stat of a layer not in the image = %v, want ENOENT", err)
+	}
+}
+
+// TestInterruptedReaderDoesNotFailOthers: several processes read the same
+// part of a file through a real mount while its span is still coming from
+// a slow registry, fetched ahead for a reader going through the file in
+// order; one of them is killed (the kernel interrupts its FUSE read). The
+// others get the exact bytes, and the store counts no failed read.
+func TestInterruptedReaderDoesNotFailOthers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting FUSE needs root")
+	}
+	reg := newTestRegistry(t)
+	l := stdLayer(t, 96, 1200, 200)
+	s, img, z := servedFromLocal(t, reg, l, nil, Options{})
+	mnt := t.TempDir()
+	srv, err := alsfs.Mount(mnt, s.Store, alsfs.Options{SingleUser: true, ReadAheadKB: -1})
+	if err != nil {
+		t.Fatalf("Mount: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Unmount(); err != nil {
+			t.Errorf("Unmount: %v", err)
+		}
+	})
+	const name = "data/random.bin"
+	file := filepath.Join(mnt, base64.StdEncoding.EncodeToString([]byte(img.ref)), l.digest.String(), "diff", name)
+	want, _ := l.content(name)
+	x := z.openIndex(t)
+	var m ztoc.FileMetadata
+	for _, e := range x.Entries() {
+		if e.Name == name {
+			m = e
+		}
+	}
+	first := x.SpanOf(m.UncompressedOffset)
+	spanStart := func(id ztoc.SpanID) int64 { u0, _ := x.SpanUncompressedRange(id); return u0 - m.UncompressedOffset }
+	if x.SpanOf(m.UncompressedOffset+m.UncompressedSize-1) < first+3 {
+		t.Fatal("the file must cover at least 4 spans")
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 4096)
+	// Read spans first+1 and first+2 in order: the store reads ahead
+	// (first+3, ...), slowly.
+	for _, id := range []ztoc.SpanID{first + 1, first + 2} {
+		if id == first+2 {
+			reg.setDelay(time.Second)
+		}
+		if _, err := f.ReadAt(buf, spanStart(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	target := (spanStart(first+3)/1000 + 1) * 1000 // dd reads whole blocks
+	const readers = 5
+	cmds := make([]*exec.Cmd, readers)
+	outs := make([]*bytes.Buffer, readers)
+	for i := range cmds {
+		outs[i] = &bytes.Buffer{}
+		cmds[i] = exec.Command("dd", "if="+file, "bs=1000", "skip="+strconv.FormatInt(target/1000, 10), "count=4", "iflag=direct", "status=none") // O_DIRECT: each read is a FUSE request of its own
+		cmds[i].Stdout = outs[i]
+		if err := cmds[i].Start(); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			time.Sleep(50 * time.Millisecond) // the first reader is there first
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // all of them wait for the span now
+	if err := cmds[0].Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmds[0].Wait(); err == nil {
+		t.Log("the killed reader finished before the signal (nothing was interrupted)")
+	}
+	for i := 1; i < readers; i++ {
+		if err := cmds[i].Wait(); err != nil {
+			t.Errorf("reader %d: %v", i, err)
+		} else if !bytes.Equal(outs[i].Bytes(), want[target:target+4000]) {
+			t.Errorf("reader %d read %d bytes differing from the file's", i, outs[i].Len())
+		}
+	}
+	if _, ls := s.status(t, l.digest); ls.ReadErrors != 0 {
+		t.Errorf("the store counted %d failed reads, want 0", ls.ReadErrors)
 	}
 }

@@ -193,6 +193,7 @@ func TestStockPodmanRunsVerifiedLazyImage(t *testing.T) {
 	f := newRegistryFixture(t, testImage())
 	cfg := daemonConfig(f.proxy.Host, f.reg.Host)
 	cfg["prefetch"] = map[string]any{"enabled": true}
+	cfg["verification"] = map[string]any{"enabled": true}
 	f.daemon = testenv.StartDaemon(t, testenv.DaemonOptions{Config: cfg})
 	ref := f.ref(testImage())
 	img := f.images[ref]

@@ -339,3 +339,15 @@ func (ts *testStore) loadedCount() int {
 	defer ts.mu.Unlock()
 	return len(ts.layers)
 }
+
+// waitUntil polls cond until it holds, failing the test after 20 seconds.
+func waitUntil(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

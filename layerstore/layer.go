@@ -288,6 +288,7 @@ func (b blobReader) ReadAtContext(ctx context.Context, p []byte, off int64) (int
 type layerView struct {
 	l       *layer
 	info    []byte
+	content viewContent
 	release func()
 	once    sync.Once
 }
@@ -302,7 +303,7 @@ func (v *layerView) Content() (alsfs.LayerContent, error) {
 	if err := v.l.badErr(); err != nil {
 		return nil, err
 	}
-	return v.l, nil
+	return v.content, nil
 }
 
 // Release implements alsfs.Layer.

@@ -67,7 +67,7 @@ func (s *Store) lookup(ctx context.Context, refStr string, dgst digest.Digest, i
 		if l == nil {
 			return nil, fmt.Errorf("%w: unknown layer without an image reference", ErrNotServed)
 		}
-		return l.newView(identity)
+		return l.newView(identity, nil)
 	}
 	ref, err := reference.ParseNormalizedNamed(refStr)
 	if err != nil {
@@ -106,7 +106,11 @@ func (s *Store) lookup(ctx context.Context, refStr string, dgst digest.Digest, i
 	}
 	l.addSource(ref, blob)
 	s.fill.add(l)
-	return l.newView(identity)
+	// What the image's containers read first is recorded into its start-up
+	// profile; what earlier runs read is fetched now.
+	rec := s.prof.recorderFor(img.ManifestDigest, ref)
+	s.replayProfile(img.ManifestDigest, ref, l)
+	return l.newView(identity, func(first, last int) { s.noteRead(rec, l, first, last) })
 }
 
 // servableMediaType reports whether layers of this media type can be

@@ -86,6 +86,7 @@ type Store struct {
 	sched    *spans.Scheduler
 	metrics  *metrics
 	fill     *filler
+	prof     *profiles
 	started  time.Time
 	buildSem chan struct{} // bounds layers indexed at the same time
 
@@ -200,6 +201,7 @@ func open(cfg config.Config, opts Options, lock *rootLock) (*Store, error) {
 		images:          make(map[string]*imageEntry),
 		registryIndexes: make(map[string]*registryIndexEntry),
 		building:        make(map[digest.Digest]bool),
+		prof:            newProfiles(),
 	}
 	if repo := cfg.Artifacts.SharedRepository; repo != "" {
 		named, err := reference.ParseNormalizedNamed(repo)
@@ -402,8 +404,9 @@ func (l *layer) release(s *Store) {
 }
 
 // newView returns the layer as seen through one reference, counting a view
-// until the FUSE tree releases it.
-func (l *layer) newView(id layerIdentity) (*layerView, error) {
+// until the FUSE tree releases it. note, when set, is told the spans the
+// view's reads touch.
+func (l *layer) newView(id layerIdentity, note func(first, last int)) (*layerView, error) {
 	if err := l.badErr(); err != nil {
 		return nil, err
 	}
@@ -414,7 +417,7 @@ func (l *layer) newView(id layerIdentity) (*layerView, error) {
 	l.mu.Lock()
 	l.views++
 	l.mu.Unlock()
-	return &layerView{l: l, info: info, release: func() {
+	return &layerView{l: l, info: info, content: viewContent{layer: l, note: note}, release: func() {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		l.views--
@@ -517,6 +520,7 @@ func (s *Store) sweep(now time.Time, layerTTL, viewTTL time.Duration) int {
 		}
 	}
 	s.mu.Unlock()
+	s.prof.sweep(now, time.Duration(s.cfg.Registry.ResolveCacheTTL))
 	for _, l := range drop {
 		s.fill.remove(l)
 		l.close()

@@ -27,7 +27,20 @@ const (
 	// LayerRef maps LayerKey(layer digest) or ScopedLayerKey(repository,
 	// layer digest) to a zTOC digest.
 	LayerRef RefKind = "layer"
+	// ProfileRef maps ProfileKey(manifest digest) to a start-up profile.
+	ProfileRef RefKind = "profile"
 )
+
+// validKind reports whether kind is a mapping namespace.
+func validKind(kind RefKind) bool {
+	return kind == ImageRef || kind == LayerRef || kind == ProfileRef
+}
+
+// ProfileKey returns the key of the start-up profile of the image whose
+// (platform-specific) manifest has digest manifest.
+func ProfileKey(manifest digest.Digest) string {
+	return key(fmt.Sprintf("%s/profile/%s", FormatVersion, manifest))
+}
 
 // ImageKey returns the key of the image whose (platform-specific) manifest
 // has digest manifest, for indexes built with the given span size.

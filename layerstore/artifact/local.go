@@ -44,7 +44,7 @@ func OpenLocal(dir string, maxBytes int64) (*Local, error) {
 		return nil, fmt.Errorf("artifact: %w", err)
 	}
 	_ = os.RemoveAll(filepath.Join(dir, "blobs")) // layout before diskcache: re-fetched or rebuilt when needed
-	for _, kind := range []RefKind{ImageRef, LayerRef} {
+	for _, kind := range []RefKind{ImageRef, LayerRef, ProfileRef} {
 		if err := diskcache.RemoveTemporaries(filepath.Join(dir, "refs", string(kind))); err != nil {
 			return nil, fmt.Errorf("artifact: %w", err)
 		}
@@ -67,7 +67,7 @@ func blobKey(d digest.Digest) (diskcache.Key, error) {
 }
 
 func (l *Local) refPath(kind RefKind, key string) (string, error) {
-	if kind != ImageRef && kind != LayerRef {
+	if !validKind(kind) {
 		return "", fmt.Errorf("artifact: unknown mapping kind %q", kind)
 	}
 	if key == "" || strings.ContainsAny(key, "/\\.\x00") {

@@ -50,7 +50,7 @@ func NewRegistry(c RegistryClient, repo reference.Named) *Registry {
 }
 
 func tagFor(kind RefKind, key string) (string, error) {
-	if kind != ImageRef && kind != LayerRef {
+	if !validKind(kind) {
 		return "", fmt.Errorf("artifact: unknown mapping kind %q", kind)
 	}
 	if len(key) != 64 {

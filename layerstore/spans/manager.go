@@ -483,6 +483,57 @@ func (m *Manager) newJobLocked(runs []run, p Priority) *job {
 	return j
 }
 
+// warmBatch is how many spans of a Warm request go in one request.
+const warmBatch = 16
+
+// Warm fetches the spans ids that are missing, in the order given, at
+// priority p, in batches of adjacent spans (one request each, batches in
+// flight at once within the Scheduler's budget), and inflates each, so
+// that reads predicted by a start-up profile find them on disk. It does
+// not wait; Close stops it.
+func (m *Manager) Warm(ids []int, p Priority) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return
+	}
+	for start := 0; start < len(ids); start += warmBatch {
+		var batch []int
+		for _, id := range ids[start:min(start+warmBatch, len(ids))] {
+			if id >= 0 && id < m.n && m.spans[id].job == nil && !m.presentLocked(id) && !slices.Contains(batch, id) {
+				batch = append(batch, id)
+			}
+		}
+		if len(batch) == 0 {
+			continue
+		}
+		slices.Sort(batch)
+		var runs []run
+		for _, id := range batch {
+			if n := len(runs); n > 0 && runs[n-1].b+1 == id {
+				runs[n-1].b = id
+			} else {
+				runs = append(runs, run{id, id})
+			}
+		}
+		j := m.newJobLocked(runs, p)
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			select {
+			case <-j.done:
+			case <-m.ctx.Done():
+				return
+			}
+			j.ids(func(id int) {
+				if j.err(id) == nil {
+					m.startInflation(id)
+				}
+			})
+		}()
+	}
+}
+
 // readAhead fetches, in the background at ReadAhead priority, the missing
 // spans among the next ReadAheadBytes (of compressed data) from span id on,
 // one request per run; nothing waits for it.

@@ -3,6 +3,7 @@ package layerstore
 import (
 	"context"
 	"crypto/sha256"
+	digest "github.com/opencontainers/go-digest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/lazypull/lazypull/layerstore/config"
 	"github.com/lazypull/lazypull/layerstore/control"
+	"github.com/lazypull/lazypull/ztoc"
 )
 
 // capWatch samples the span cache size until stopped and remembers the
@@ -175,6 +177,15 @@ func TestPrefetchCacheTooSmall(t *testing.T) {
 	}
 }
 
+func mustRead(t testing.TB, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 // TestPruneArtifacts evicts a zTOC built on demand while the image's SOCI
 // index stays: the next lookup still serves the layer (built again).
 func TestPruneArtifacts(t *testing.T) {
@@ -187,25 +198,40 @@ func TestPruneArtifacts(t *testing.T) {
 	zd := mustZtocDigest(t, s1, l.digest)
 	s1.closeStore()
 
-	// The zTOC is the least recently used artifact; the SOCI index of the
-	// image, written after it, stays.
+	// The zTOC (in the native layout: meta and windows) is the least
+	// recently used artifact; the SOCI index of the image, written after
+	// it, stays.
 	old := time.Now().Add(-time.Hour)
-	zpath := filepath.Join(cfg.RootDir, "artifacts", "cas", zd.Algorithm().String()+"-"+zd.Encoded(), "blob")
-	if err := os.Chtimes(zpath, old, old); err != nil {
-		t.Fatal(err)
+	blobPath := func(d digest.Digest) string {
+		return filepath.Join(cfg.RootDir, "artifacts", "cas", d.Algorithm().String()+"-"+d.Encoded(), "blob")
 	}
-	s2 := openStore(t, cfg, Options{})
-	st, _ := s2.status(t, l.digest)
-	zinfo, err := os.Stat(zpath)
+	x, err := ztoc.NewLayerIndexFromBytes(mustRead(t, blobPath(zd)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Cache.ArtifactBlobs != 2 {
-		t.Fatalf("%d artifact blobs after an on-demand build, want 2 (zTOC and SOCI index)", st.Cache.ArtifactBlobs)
+	wd, wsize, native := x.NativeWindows()
+	if !native {
+		t.Fatal("a zTOC built here is not in the native layout")
 	}
-	res, err := s2.Prune(context.Background(), control.PruneRequest{SpanTarget: 1 << 40, ArtifactTarget: st.Cache.ArtifactBytes - zinfo.Size()})
-	if err != nil || res.ArtifactBytesFreed != zinfo.Size() {
-		t.Fatalf("Prune = %+v, %v, want the zTOC's %d bytes freed", res, err, zinfo.Size())
+	var zsize int64
+	for _, p := range []string{blobPath(zd), blobPath(wd)} {
+		if err := os.Chtimes(p, old, old); err != nil {
+			t.Fatal(err)
+		}
+		fi, _ := os.Stat(p)
+		zsize += fi.Size()
+	}
+	if zsize <= wsize {
+		t.Fatalf("zTOC meta and windows %d bytes, windows alone %d", zsize, wsize)
+	}
+	s2 := openStore(t, cfg, Options{})
+	st, _ := s2.status(t, l.digest)
+	if st.Cache.ArtifactBlobs != 3 {
+		t.Fatalf("%d artifact blobs after an on-demand build, want 3 (zTOC meta and windows, SOCI index)", st.Cache.ArtifactBlobs)
+	}
+	res, err := s2.Prune(context.Background(), control.PruneRequest{SpanTarget: 1 << 40, ArtifactTarget: st.Cache.ArtifactBytes - zsize})
+	if err != nil || res.ArtifactBytesFreed != zsize {
+		t.Fatalf("Prune = %+v, %v, want the zTOC's %d bytes freed", res, err, zsize)
 	}
 	lv, err := s2.lookup(t, img.ref, l.digest)
 	if err != nil {

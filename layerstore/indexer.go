@@ -101,11 +101,19 @@ func (s *Store) BuildLayer(ctx context.Context, ref reference.Named, desc remote
 	if mismatch != nil {
 		return nil, mismatch
 	}
-	data, err := ztoc.Marshal(res.Ztoc)
+	// lazypull's native layout: the zTOC without its windows (fetched
+	// whole at lookup), and the windows apart (fetched with their spans).
+	data, windows, err := ztoc.MarshalNative(res.Ztoc, ztoc.WithLimits(s.limits()))
 	if err != nil {
 		return nil, fmt.Errorf("encode zTOC of %s: %w", desc.Digest, err)
 	}
 	zd := digest.FromBytes(data)
+	wd := digest.FromBytes(windows)
+	if windows != nil {
+		if err := s.local.WriteBlob(ctx, wd, windows); err != nil {
+			return nil, err
+		}
+	}
 	if err := s.local.WriteBlob(ctx, zd, data); err != nil {
 		return nil, err
 	}
@@ -118,13 +126,36 @@ func (s *Store) BuildLayer(ctx context.Context, ref reference.Named, desc remote
 	if err := s.local.WriteRef(ctx, artifact.LayerRef, key, zd); err != nil {
 		return nil, err
 	}
-	s.shareFor(ref, func(ctx context.Context) error {
-		if err := s.shared.WriteBlob(ctx, zd, data); err != nil {
+	s.shareFor(ref, func(ctx context.Context) error { return s.putShared(ctx, key, zd) })
+	return &BuildResult{Layer: desc, ZtocDigest: zd, ZtocSize: int64(len(data)), Spans: int(res.Ztoc.CompressionInfo.MaxSpanID) + 1, Took: time.Since(start)}, nil
+}
+
+// putShared copies local zTOC zd to the shared repository, with the
+// windows blob of a native one when it is here (one fetched window by
+// window came from the shared repository, which has it), and maps key to
+// it there.
+func (s *Store) putShared(ctx context.Context, key string, zd digest.Digest) error {
+	data, err := s.local.ReadBlob(ctx, zd)
+	if err != nil {
+		return err
+	}
+	x, err := ztoc.NewLayerIndexFromBytes(data, ztoc.WithLimits(s.limits()))
+	if err != nil {
+		return err
+	}
+	if wd, _, native := x.NativeWindows(); native && s.local.HasBlob(wd) {
+		windows, err := s.local.ReadBlob(ctx, wd)
+		if err != nil {
 			return err
 		}
-		return s.shared.WriteRef(ctx, artifact.LayerRef, key, zd)
-	})
-	return &BuildResult{Layer: desc, ZtocDigest: zd, ZtocSize: int64(len(data)), Spans: int(res.Ztoc.CompressionInfo.MaxSpanID) + 1, Took: time.Since(start)}, nil
+		if err := s.shared.WriteBlob(ctx, wd, windows); err != nil {
+			return err
+		}
+	}
+	if err := s.shared.WriteBlob(ctx, zd, data); err != nil {
+		return err
+	}
+	return s.shared.WriteRef(ctx, artifact.LayerRef, key, zd)
 }
 
 // shareFor shares artifacts of ref's image (share) when artifacts.share
@@ -184,8 +215,7 @@ func (s *Store) afterBuild(ref reference.Named, img *remote.Image) {
 	if err != nil {
 		return // not all layers indexed yet
 	}
-	data, err := s.StoreImageIndex(s.ctx, ref, img, layers)
-	if err != nil {
+	if _, err := s.StoreImageIndex(s.ctx, ref, img, layers); err != nil {
 		s.log.WithError(err).WithField("ref", ref).Warn("Storing the image's SOCI index")
 		return
 	}
@@ -195,7 +225,7 @@ func (s *Store) afterBuild(ref reference.Named, img *remote.Image) {
 	s.background(func(ctx context.Context) {
 		ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 		defer cancel()
-		if err := s.pushIndex(ctx, ref, layers, data); err != nil {
+		if err := s.pushIndex(ctx, ref, img, layers); err != nil {
 			s.log.WithError(err).WithField("ref", ref).Warn("Pushing the SOCI index to the image's repository failed (artifacts.push_to_image_registry)")
 			return
 		}
@@ -253,15 +283,7 @@ func (s *Store) StoreImageIndex(ctx context.Context, ref reference.Named, img *r
 	}
 	s.shareFor(ref, func(ctx context.Context) error {
 		for _, l := range layers {
-			zt, err := s.local.ReadBlob(ctx, l.ZtocDigest)
-			if err != nil {
-				return err
-			}
-			if err := s.shared.WriteBlob(ctx, l.ZtocDigest, zt); err != nil {
-				return err
-			}
-			lk := artifact.LayerKey(l.LayerDigest, l.SpanSize)
-			if err := s.shared.WriteRef(ctx, artifact.LayerRef, lk, l.ZtocDigest); err != nil {
+			if err := s.putShared(ctx, artifact.LayerKey(l.LayerDigest, l.SpanSize), l.ZtocDigest); err != nil {
 				return err
 			}
 		}
@@ -354,7 +376,7 @@ func (s *Store) IndexImage(ctx context.Context, refStr string, push bool, progre
 	}
 	res := &IndexImageResult{Image: img, Layers: layers, Index: data, IndexDigest: digest.FromBytes(data)}
 	if push {
-		if err := s.pushIndex(ctx, ref, layers, data); err != nil {
+		if err := s.pushIndex(ctx, ref, img, layers); err != nil {
 			return res, err
 		}
 		res.Pushed = true
@@ -362,17 +384,28 @@ func (s *Store) IndexImage(ctx context.Context, refStr string, push bool, progre
 	return res, nil
 }
 
-// pushIndex pushes the zTOCs, the index's config and the SOCI v1 index to
-// the image's repository.
-func (s *Store) pushIndex(ctx context.Context, ref reference.Named, layers []ztoc.IndexLayer, index []byte) error {
-	for _, l := range layers {
-		data, err := s.local.ReadBlob(ctx, l.ZtocDigest)
+// pushIndex pushes the image's index to its repository in SOCI's format:
+// every zTOC with its windows inline (indexes are kept here in lazypull's
+// native layout), the index's config and a SOCI v1 index naming them, as a
+// referrer of the image manifest.
+func (s *Store) pushIndex(ctx context.Context, ref reference.Named, img *remote.Image, layers []ztoc.IndexLayer) error {
+	soci := make([]ztoc.IndexLayer, len(layers))
+	for i, l := range layers {
+		data, err := s.sociZtoc(l.ZtocDigest)
 		if err != nil {
-			return err
+			return fmt.Errorf("zTOC of %s: %w", l.LayerDigest, err)
 		}
-		if err := s.client.PushBlob(ctx, ref, l.ZtocDigest, int64(len(data)), bytes.NewReader(data)); err != nil {
-			return fmt.Errorf("push zTOC %s: %w", l.ZtocDigest, err)
+		d := digest.FromBytes(data)
+		if err := s.client.PushBlob(ctx, ref, d, int64(len(data)), bytes.NewReader(data)); err != nil {
+			return fmt.Errorf("push zTOC %s: %w", d, err)
 		}
+		soci[i] = l
+		soci[i].ZtocDigest, soci[i].ZtocSize = d, int64(len(data))
+	}
+	subject := ocispec.Descriptor{MediaType: img.MediaType, Digest: img.ManifestDigest, Size: int64(len(img.Manifest))}
+	index, _, err := ztoc.BuildIndexV1(soci, subject, nil)
+	if err != nil {
+		return fmt.Errorf("build SOCI index: %w", err)
 	}
 	if err := s.client.PushBlob(ctx, ref, ztoc.EmptyConfigDigest, int64(len(ztoc.EmptyConfig)), bytes.NewReader(ztoc.EmptyConfig)); err != nil {
 		return fmt.Errorf("push SOCI index config: %w", err)
@@ -381,4 +414,35 @@ func (s *Store) pushIndex(ctx context.Context, ref reference.Named, layers []zto
 		return fmt.Errorf("push SOCI index: %w", err)
 	}
 	return nil
+}
+
+// sociZtoc returns local zTOC zd in SOCI's format (converting one in the
+// native layout, whose windows blob must be here).
+func (s *Store) sociZtoc(zd digest.Digest) ([]byte, error) {
+	f, size, err := s.local.Open(zd)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	x, err := ztoc.OpenLayerIndex(f, size, ztoc.WithLimits(s.limits()))
+	if err != nil {
+		return nil, err
+	}
+	wd, wsize, native := x.NativeWindows()
+	if !native {
+		return s.local.ReadBlob(context.Background(), zd)
+	}
+	w, n, err := s.local.Open(wd)
+	if err != nil {
+		return nil, fmt.Errorf("windows of %s: %w", zd, err)
+	}
+	defer w.Close()
+	if n != wsize {
+		return nil, fmt.Errorf("windows of %s: %d bytes, want %d", zd, n, wsize)
+	}
+	x, err = ztoc.OpenLayerIndex(f, size, ztoc.WithLimits(s.limits()), ztoc.WithWindows(w))
+	if err != nil {
+		return nil, err
+	}
+	return x.MarshalSOCI()
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,7 +39,8 @@ type layer struct {
 	ztocDigest digest.Digest
 	source     string
 	x          *ztoc.LayerIndex
-	file       *os.File // the zTOC, read for checkpoint windows
+	file       *os.File      // the zTOC, read for checkpoint windows
+	windows    *windowSource // a native zTOC's windows, or nil
 	spans      *spans.Manager
 	// group is the layer's group in the span cache (layer and zTOC: spans
 	// cached under another index's layout are never mixed in).
@@ -201,13 +203,22 @@ func (l *layer) checkEntry(ctx context.Context, i int, off, n int64) error {
 	return err
 }
 
-// checkHardLinks checks the tar headers of every hard link of the layer:
-// the FUSE tree applies a hard link's metadata (mode, owner, xattrs) to the
-// file it links to, as an extraction does, so it must be the layer's
-// before the tree is served. Headers in the same spans are fetched once.
+// checkHardLinks checks the tar headers of the hard links whose metadata
+// differs from that of the file they link to: the FUSE tree applies a hard
+// link's mode, owner, mtime and xattrs to that file, as an extraction
+// does, so such metadata must be the layer's before the tree is served (a
+// zTOC could otherwise make a file setuid root). A hard link whose metadata
+// equals its target's adds nothing the target's own entry does not claim
+// (and that is checked before the file's first byte). Headers in the same
+// spans are fetched once.
 func (l *layer) checkHardLinks(ctx context.Context) error {
-	for i, e := range l.x.Entries() {
+	es := l.x.Entries()
+	for i := range es {
+		e := &es[i]
 		if e.Type != ztoc.TypeHardlink {
+			continue
+		}
+		if j, ok := l.x.LookupBefore(e.Linkname, i); ok && sameInodeMetadata(e, &es[j]) {
 			continue
 		}
 		if err := l.checkEntry(ctx, i, 0, 0); err != nil {
@@ -215,6 +226,20 @@ func (l *layer) checkHardLinks(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// sameInodeMetadata reports whether hard link h claims nothing for the
+// shared inode beyond what its target t claims.
+func sameInodeMetadata(h, t *ztoc.FileMetadata) bool {
+	if h.Mode != t.Mode || h.UID != t.UID || h.GID != t.GID || !h.ModTime.Equal(t.ModTime) {
+		return false
+	}
+	for k, v := range h.PAXRecords {
+		if strings.HasPrefix(k, "SCHILY.xattr.") && t.PAXRecords[k] != v {
+			return false
+		}
+	}
+	return true
 }
 
 // readFailed counts and logs a failed read; interrupted reads are the
@@ -310,7 +335,19 @@ func (v *layerView) Content() (alsfs.LayerContent, error) {
 func (v *layerView) Release() { v.once.Do(v.release) }
 
 // ztocLayout adapts a zTOC to the span manager.
-type ztocLayout struct{ x *ztoc.LayerIndex }
+type ztocLayout struct {
+	x  *ztoc.LayerIndex
+	ws *windowSource // a native zTOC's windows, fetched with the spans; or nil
+}
+
+var _ spans.Preparer = ztocLayout{}
+
+// Prepare implements spans.Preparer.
+func (z ztocLayout) Prepare(ids []int) {
+	if z.ws != nil {
+		z.ws.Prepare(ids)
+	}
+}
 
 var _ spans.Layout = ztocLayout{}
 
@@ -345,5 +382,6 @@ type layerParts struct {
 	source     string
 	file       *os.File
 	x          *ztoc.LayerIndex
+	windows    *windowSource
 	header     []byte
 }

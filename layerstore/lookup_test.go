@@ -396,7 +396,29 @@ func TestLookupSharedStore(t *testing.T) {
 	if len(full) != 0 {
 		t.Errorf("machine B fetched the layer whole %d times, want 0", len(full))
 	}
+	// The index is in lazypull's native layout: machine B fetched its meta
+	// whole, and its windows only with the spans read, range by range.
+	layer := b.anyLayer(l.digest)
+	wd, _, native := layer.x.NativeWindows()
+	if !native {
+		t.Fatal("the shared index is not in the native layout")
+	}
+	isWindows := func(r reqRecord) bool {
+		return r.kind == "blobs" && r.target == wd.String() && r.method == http.MethodGet
+	}
+	if got := reg.since(mark, isWindows); len(got) != 0 {
+		t.Errorf("machine B fetched the windows %d times before reading, want 0", len(got))
+	}
 	checkAllFiles(t, lv, l, 1<<20)
+	wins := reg.since(mark, isWindows)
+	if len(wins) == 0 {
+		t.Error("machine B read the layer without fetching a window")
+	}
+	for _, r := range wins {
+		if r.rng == "" {
+			t.Errorf("machine B fetched the whole windows blob: %+v", r)
+		}
+	}
 }
 
 // grepLines returns the lines of text containing s.
@@ -455,10 +477,15 @@ func TestPushToImageRegistry(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// Pushed in SOCI's format (windows inline), for every SOCI client.
+	soci, err := a.sociZtoc(zd)
+	if err != nil {
+		t.Fatal(err)
+	}
 	b := newTestStore(t, reg, func(c *config.Config) { c.Index.OnDemand = "off" }, Options{})
 	lv := b.mustLookup(t, img.ref, l.digest)
-	if _, ls := b.status(t, l.digest); ls.IndexSource != "registry" || mustZtocDigest(t, b, l.digest) != zd {
-		t.Errorf("second store: %+v, want the pushed zTOC %s found in the registry", ls, zd)
+	if _, ls := b.status(t, l.digest); ls.IndexSource != "registry" || mustZtocDigest(t, b, l.digest) != digest.FromBytes(soci) {
+		t.Errorf("second store: %+v, want the pushed SOCI zTOC %s found in the registry", ls, digest.FromBytes(soci))
 	}
 	checkAllFiles(t, lv, l, 1<<20)
 

@@ -20,7 +20,7 @@ func TestStartupProfileSharedByTheFleet(t *testing.T) {
 	img := reg.pushImage(t, "app/profiled", "v1", []*testLayer{l}, imageOptions{})
 	shared := func(c *config.Config) { c.Artifacts.SharedRepository = reg.host + "/lazypull/artifacts" }
 	a := newTestStore(t, reg, shared, Options{})
-	a.prof.window = 200 * time.Millisecond
+	a.prof.window = 2 * time.Second // longer than the reads below take
 	lv := a.mustLookup(t, img.ref, l.digest)
 	c, _ := lv.Content()
 	files := []string{"etc/hostname", "data/log.txt"}

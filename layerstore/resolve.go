@@ -15,6 +15,7 @@ import (
 	"github.com/lazypull/lazypull/layerstore/alsfs"
 	"github.com/lazypull/lazypull/layerstore/artifact"
 	"github.com/lazypull/lazypull/layerstore/remote"
+	"github.com/lazypull/lazypull/layerstore/spans"
 	"github.com/lazypull/lazypull/ztoc"
 )
 
@@ -294,7 +295,7 @@ func (s *Store) loadLayer(ctx context.Context, ref reference.Named, img *remote.
 	if err != nil {
 		return nil, err
 	}
-	l, err := s.openLayer(ctx, desc, found, blob, log)
+	l, err := s.openLayer(ctx, ref, desc, found, blob, log)
 	if err != nil {
 		return nil, err
 	}
@@ -322,7 +323,7 @@ func (s *Store) loadLayer(ctx context.Context, ref reference.Named, img *remote.
 // zTOC that cannot be decoded or does not fit the layer is dropped so the
 // next lookup finds or builds another; one that merely could not be used now
 // (the registry failed to send the layer's header) is kept.
-func (s *Store) openLayer(ctx context.Context, desc remote.Layer, found ztocFound, blob blobSource, log *logrus.Entry) (*layer, error) {
+func (s *Store) openLayer(ctx context.Context, ref reference.Named, desc remote.Layer, found ztocFound, blob blobSource, log *logrus.Entry) (*layer, error) {
 	zd := found.digest
 	f, size, err := s.local.Open(zd)
 	if err != nil {
@@ -334,12 +335,23 @@ func (s *Store) openLayer(ctx context.Context, desc remote.Layer, found ztocFoun
 		s.forgetZtoc(desc.Digest, zd)
 		return nil, err
 	}
-	x, err := ztoc.OpenLayerIndex(f, size, ztoc.WithLimits(s.limits()))
+	ws := &windowSource{cache: s.spans, group: spanGroup(desc.Digest, zd), ctx: s.ctx}
+	x, err := ztoc.OpenLayerIndex(f, size, ztoc.WithLimits(s.limits()), ztoc.WithWindows(ws))
 	if err != nil {
 		return unusable(fmt.Errorf("open zTOC %s: %w", zd, err))
 	}
 	if got := x.Ztoc().CompressedArchiveSize; got != desc.Size {
 		return unusable(fmt.Errorf("zTOC %s describes %d compressed bytes, the layer has %d", zd, got, desc.Size))
+	}
+	if wd, wsize, ok := x.NativeWindows(); ok {
+		if found.trusted && !s.local.HasBlob(wd) {
+			// Built (or verified) here with its windows, which are gone
+			// (evicted): build again rather than fetch them from nowhere.
+			return unusable(fmt.Errorf("zTOC %s: its windows %s are no longer here", zd, wd))
+		}
+		s.windowsFor(ws, x, wd, wsize, ref)
+	} else {
+		ws = nil
 	}
 	// The bytes before span 0 (the gzip header) belong to no span: keep them.
 	var header []byte
@@ -351,7 +363,27 @@ func (s *Store) openLayer(ctx context.Context, desc remote.Layer, found ztocFoun
 		}
 		header = bufs[0]
 	}
-	return s.newLayer(layerParts{desc: desc, ztocDigest: zd, source: found.source, file: f, x: x, header: header}, log.WithField("ztoc", zd)), nil
+	return s.newLayer(layerParts{desc: desc, ztocDigest: zd, source: found.source, file: f, x: x, windows: ws, header: header}, log.WithField("ztoc", zd)), nil
+}
+
+// windowsFor sets up where the windows of native zTOC x come from: the
+// local blob when it is here, else the shared repository and the image's
+// own repository (the blob is content-addressed, every window checked).
+func (s *Store) windowsFor(ws *windowSource, x *ztoc.LayerIndex, d digest.Digest, size int64, ref reference.Named) {
+	ws.digest, ws.size = d, size
+	ws.setIndex(x)
+	if s.local.HasBlob(d) {
+		if f, n, err := s.local.Open(d); err == nil && n == size {
+			ws.local = f
+			return
+		} else if err == nil {
+			f.Close()
+		}
+	}
+	if reg, ok := s.shared.(*artifact.Registry); ok {
+		ws.remotes = append(ws.remotes, func() (spans.Source, error) { return reg.BlobRanges(d, size) })
+	}
+	ws.remotes = append(ws.remotes, func() (spans.Source, error) { return s.client.Blob(ref, d, size) })
 }
 
 // ztocFound is a zTOC found for a layer, and where.

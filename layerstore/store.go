@@ -333,16 +333,7 @@ func (s *Store) promote(l *layer) {
 	s.mu.Unlock()
 	if ref := l.latestRef(); s.mayShare(ref) {
 		zd := l.ztocDigest
-		s.share(func(ctx context.Context) error {
-			data, err := s.local.ReadBlob(ctx, zd)
-			if err != nil {
-				return err
-			}
-			if err := s.shared.WriteBlob(ctx, zd, data); err != nil {
-				return err
-			}
-			return s.shared.WriteRef(ctx, artifact.LayerRef, key, zd)
-		})
+		s.share(func(ctx context.Context) error { return s.putShared(ctx, key, zd) })
 	}
 }
 
@@ -382,6 +373,9 @@ func (l *layer) use(s *Store) {
 	if first {
 		s.spans.Pin(l.group)
 		s.local.Pin(l.ztocDigest)
+		if wd, _, ok := l.x.NativeWindows(); ok {
+			s.local.Pin(wd)
+		}
 	}
 }
 
@@ -400,6 +394,9 @@ func (l *layer) release(s *Store) {
 	if last {
 		s.spans.Unpin(l.group)
 		s.local.Unpin(l.ztocDigest)
+		if wd, _, ok := l.x.NativeWindows(); ok {
+			s.local.Unpin(wd)
+		}
 	}
 }
 
@@ -449,6 +446,9 @@ func (l *layer) close() {
 	l.mu.Unlock()
 	l.spans.Close()
 	l.file.Close()
+	if l.windows != nil && l.windows.local != nil {
+		l.windows.local.Close()
+	}
 }
 
 // markBad takes a layer out of service: every later read fails with EIO,
@@ -575,6 +575,7 @@ func (s *Store) newLayer(p layerParts, log *logrus.Entry) *layer {
 		source:     p.source,
 		x:          p.x,
 		file:       p.file,
+		windows:    p.windows,
 		group:      spanGroup(p.desc.Digest, p.ztocDigest),
 		header:     p.header,
 		mounted:    time.Now(),
@@ -584,7 +585,7 @@ func (s *Store) newLayer(p layerParts, log *logrus.Entry) *layer {
 	}
 	l.onBad = func(reason string) { s.markBad(l, reason) }
 	l.spans = spans.New(spans.Options{
-		Layout:    ztocLayout{p.x},
+		Layout:    ztocLayout{x: p.x, ws: p.windows},
 		Sources:   l.sources,
 		Cache:     s.spans,
 		Group:     l.group,

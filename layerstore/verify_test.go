@@ -253,8 +253,8 @@ func TestVerifiedAfterPrefetch(t *testing.T) {
 		t.Fatalf("lookup through another repository before verification = %v, want ErrNoIndex", err)
 	}
 	lv := s.mustLookup(t, img.ref, l.digest)
-	ls := s.waitLayer(t, l.digest, 30*time.Second, "verified", func(ls *control.LayerStatus) bool { return ls.Verified })
-	if ls.Bad != "" || !prefetchDone(ls) || ls.SpansCached != ls.Spans {
+	ls := s.waitLayer(t, l.digest, 30*time.Second, "verified", func(ls *control.LayerStatus) bool { return ls.Verified && prefetchDone(ls) })
+	if ls.Bad != "" || ls.SpansCached != ls.Spans {
 		t.Errorf("status %+v, want prefetch done, every span cached, not bad", ls)
 	}
 	if m := metricsText(t, s); !strings.Contains(m, `lazypull_layer_verifications_total{result="ok"} 1`) {
@@ -308,4 +308,44 @@ func TestBadLayerReplacedKeepsReferences(t *testing.T) {
 	if _, ls := s.status(t, l.digest); ls.InUse != 0 {
 		t.Errorf("in use %d after the release, want 0", ls.InUse)
 	}
+}
+
+// TestHardLinkClaimCheckedBeforeServing: an index from the registry claims
+// setuid root for a hard link whose tar header does not; the tree would
+// apply that to the linked file, so the hard link's own header is checked
+// before the layer is served: the lookup refuses it (podman pulls the layer
+// normally), and the index is dropped. A hard link whose metadata equals
+// its target's costs no fetch at lookup.
+func TestHardLinkClaimCheckedBeforeServing(t *testing.T) {
+	reg := newTestRegistry(t)
+	l := stdLayer(t, 57, 300, 100)
+	img := reg.pushImage(t, "app/setuid", "v1", []*testLayer{l}, imageOptions{})
+	z := buildZtoc(t, l, func(z *ztoc.Ztoc) {
+		for i := range z.TOC.FileMetadata {
+			if m := &z.TOC.FileMetadata[i]; m.Type == ztoc.TypeHardlink {
+				m.Mode |= 0o4000
+				m.UID, m.GID = 0, 0
+			}
+		}
+	})
+	reg.pushSociV1(t, img, []*testZtoc{z})
+	s := newTestStore(t, reg, func(c *config.Config) { c.Index.OnDemand = "off" }, Options{})
+	_, err := s.lookup(t, img.ref, l.digest)
+	if !errors.Is(err, ErrNotServed) || !errors.Is(err, ztoc.ErrHeaderMismatch) {
+		t.Fatalf("Lookup with an index lying about a hard link = %v, want not served: header mismatch", err)
+	}
+	if blob, _ := localArtifacts(t, s.root, l.digest, z.digest); blob {
+		t.Error("the lying index is still in the local store")
+	}
+
+	// The honest index: served without fetching anything but the gzip
+	// header.
+	img2 := reg.pushImage(t, "app/honest", "v1", []*testLayer{l}, imageOptions{})
+	reg.pushSociV1(t, img2, []*testZtoc{buildZtoc(t, l, nil)})
+	mark := reg.mark()
+	lv := s.mustLookup(t, img2.ref, l.digest)
+	if got := reg.since(mark, func(r reqRecord) bool { return blobGets(l.digest)(r) && r.rng != "" }); len(got) != 1 {
+		t.Errorf("%d range requests of the layer during the lookup, want 1 (its gzip header)", len(got))
+	}
+	checkAllFiles(t, lv, l, 1<<20)
 }

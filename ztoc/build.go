@@ -239,7 +239,7 @@ func buildGzip(ctx context.Context, r io.Reader, opts BuildOptions) (*BuildResul
 			Checkpoints: cps.Bytes(),
 		},
 	}
-	if _, err := checkZtoc(z, bytes.NewReader(z.CompressionInfo.Checkpoints), int64(cps.Len()), lim); err != nil {
+	if _, err := checkZtoc(z, bytes.NewReader(z.CompressionInfo.Checkpoints), int64(cps.Len()), lim, nil); err != nil {
 		return nil, fmt.Errorf("ztoc: built an index that fails its own checks: %w", err)
 	}
 	return &BuildResult{
@@ -308,7 +308,7 @@ func buildTar(ctx context.Context, r io.Reader, opts BuildOptions) (*BuildResult
 			Checkpoints: info,
 		},
 	}
-	if _, err := checkZtoc(z, bytes.NewReader(info), int64(len(info)), lim); err != nil {
+	if _, err := checkZtoc(z, bytes.NewReader(info), int64(len(info)), lim, nil); err != nil {
 		return nil, fmt.Errorf("ztoc: built an index that fails its own checks: %w", err)
 	}
 	return &BuildResult{Ztoc: z, Digest: d, Size: walker.pos, DiffID: d, UncompressedSize: walker.pos}, nil

@@ -17,12 +17,14 @@ package ztoc
 // slices [i*span_size, (i+1)*span_size) of the tar stream.
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"io"
 	"sort"
 
 	flatbuffers "github.com/google/flatbuffers/go"
+	digest "github.com/opencontainers/go-digest"
 )
 
 const (
@@ -65,10 +67,16 @@ type CheckpointTable struct {
 	SpanSize int64
 	// Points holds every checkpoint, including v1's implicit checkpoint 0.
 	Points []Checkpoint
-	// Version is 1 or 2.
+	// Version is 1 or 2 (SOCI's blobs), or 3 (a native table, whose
+	// windows are in a blob of their own: see native.go).
 	Version int
 
-	r io.ReaderAt
+	r io.ReaderAt // the blob (v1, v2) or the windows blob (native; may be nil)
+	// windowsDigest and windowsSize name the windows blob of a native
+	// table.
+	windowsDigest digest.Digest
+	windowsSize   int64
+	windowDigests [][sha256.Size]byte
 }
 
 // ParseCheckpoints reads a checkpoint blob of size bytes from r: the header
@@ -178,6 +186,18 @@ func (t *CheckpointTable) Window(i int, dst []byte) ([]byte, error) {
 		return nil, fmt.Errorf("ztoc: window buffer of %d bytes, need %d", len(dst), WindowSize)
 	}
 	dst = dst[:WindowSize]
+	if t.Version == nativeTableVersion {
+		if t.r == nil {
+			return nil, fmt.Errorf("%w: checkpoint %d", ErrNoWindows, i)
+		}
+		if err := readFull(t.r, dst, int64(i)*WindowSize); err != nil {
+			return nil, fmt.Errorf("ztoc: read window of checkpoint %d: %w", i, err)
+		}
+		if sha256.Sum256(dst) != t.windowDigests[i] {
+			return nil, fmt.Errorf("%w: the window of checkpoint %d does not match its digest", ErrSpanDigest, i)
+		}
+		return dst, nil
+	}
 	stored := i
 	if t.Version == 1 {
 		if i == 0 {

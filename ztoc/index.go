@@ -58,7 +58,8 @@ func OpenLayerIndex(r io.ReaderAt, size int64, opts ...Option) (*LayerIndex, err
 // checkpoints is the checkpoint blob (z.CompressionInfo.Checkpoints when it
 // is in memory; then checkpoints may be nil).
 func NewLayerIndex(z *Ztoc, checkpoints io.ReaderAt, size int64, opts ...Option) (*LayerIndex, error) {
-	lim := applyOptions(opts)
+	o := allOptions(opts)
+	lim := o.limits
 	if z == nil {
 		return nil, malformed("ztoc: nil zTOC")
 	}
@@ -66,7 +67,7 @@ func NewLayerIndex(z *Ztoc, checkpoints io.ReaderAt, size int64, opts ...Option)
 	if checkpoints == nil {
 		checkpoints, size = bytes.NewReader(ci.Checkpoints), int64(len(ci.Checkpoints))
 	}
-	g, err := checkZtoc(z, checkpoints, size, &lim)
+	g, err := checkZtoc(z, checkpoints, size, &lim, o.windows)
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package ztoc
 
 import (
 	"fmt"
+	"io"
 	"math"
 )
 
@@ -133,7 +134,8 @@ func (l Limits) withDefaults() Limits {
 type Option func(*options)
 
 type options struct {
-	limits Limits
+	limits  Limits
+	windows io.ReaderAt // WithWindows
 }
 
 // WithLimits applies l instead of the default limits.
@@ -142,14 +144,18 @@ func WithLimits(l Limits) Option {
 }
 
 // applyOptions returns the limits selected by opts, defaults filled in.
-func applyOptions(opts []Option) Limits {
+func applyOptions(opts []Option) Limits { return allOptions(opts).limits }
+
+// allOptions returns every option, defaults filled in.
+func allOptions(opts []Option) options {
 	var o options
 	for _, f := range opts {
 		if f != nil {
 			f(&o)
 		}
 	}
-	return o.limits.withDefaults()
+	o.limits = o.limits.withDefaults()
+	return o
 }
 
 // overLimit returns an error for input beyond a limit. It wraps ErrLimit and

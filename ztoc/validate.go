@@ -14,7 +14,7 @@ import (
 // validate checks the decoded z against the format's rules and lim; blob
 // is the checkpoint blob (of blobSize bytes).
 func validate(z *Ztoc, blob io.ReaderAt, blobSize int64, lim *Limits) error {
-	_, err := checkZtoc(z, blob, blobSize, lim)
+	_, err := checkZtoc(z, blob, blobSize, lim, nil)
 	return err
 }
 
@@ -29,9 +29,14 @@ type geometry struct {
 // the wire rules it enforces lim: entry count, names, PAX records and
 // metadata memory, span count, the compressed and uncompressed length of
 // every span, and the inflate ratio of every span and of the layer.
-func checkZtoc(z *Ztoc, blob io.ReaderAt, blobSize int64, lim *Limits) (geometry, error) {
+//
+// A native zTOC (Version NativeVersion, gzip only) has the native
+// checkpoint table in blob; windows reads its windows blob (nil: Window
+// fails with ErrNoWindows).
+func checkZtoc(z *Ztoc, blob io.ReaderAt, blobSize int64, lim *Limits, windows io.ReaderAt) (geometry, error) {
 	var g geometry
-	if z.Version != Version {
+	native := z.Version == NativeVersion && z.CompressionInfo.Algorithm == Gzip
+	if z.Version != Version && !native {
 		return g, malformed("ztoc: unknown version %q (want %q)", z.Version, Version)
 	}
 	if z.CompressedArchiveSize < 0 || z.UncompressedArchiveSize < 0 {
@@ -63,7 +68,13 @@ func checkZtoc(z *Ztoc, blob io.ReaderAt, blobSize int64, lim *Limits) (geometry
 	}
 	switch ci.Algorithm {
 	case Gzip:
-		t, err := ParseCheckpoints(blob, blobSize, WithLimits(*lim))
+		var t *CheckpointTable
+		var err error
+		if native {
+			t, err = parseCompact(blob, blobSize, windows, *lim)
+		} else {
+			t, err = ParseCheckpoints(blob, blobSize, WithLimits(*lim))
+		}
 		if err != nil {
 			return g, fmt.Errorf("ztoc: %w", err)
 		}

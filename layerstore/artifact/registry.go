@@ -23,6 +23,7 @@ type RegistryClient interface {
 	PushBlob(ctx context.Context, repo reference.Named, dgst digest.Digest, size int64, r io.Reader) error
 	GetManifest(ctx context.Context, repo reference.Named, tagOrDigest string) (ocispec.Descriptor, []byte, error)
 	PutManifest(ctx context.Context, repo reference.Named, tagOrDigest, mediaType string, data []byte) (digest.Digest, error)
+	Blob(repo reference.Named, dgst digest.Digest, size int64) (*remote.Blob, error)
 }
 
 var _ RegistryClient = (*remote.Client)(nil)
@@ -64,6 +65,12 @@ func notFound(err error) error {
 		return fmt.Errorf("%w: %w", ErrNotFound, err)
 	}
 	return err
+}
+
+// BlobRanges returns the blob d (of size bytes) of the repository for range
+// reads (e.g. windows of a native zTOC, one at a time).
+func (r *Registry) BlobRanges(d digest.Digest, size int64) (*remote.Blob, error) {
+	return r.c.Blob(r.repo, d, size)
 }
 
 // ReadBlob implements Backend.

@@ -130,7 +130,9 @@ type IndexConfig struct {
 	// smaller layers are pulled normally by podman. Default "10MiB" (SOCI's).
 	MinLayerSize ByteSize `toml:"min_layer_size"`
 	// SpanSize is the number of uncompressed bytes between checkpoints of
-	// zTOCs built here. Default "4MiB" (SOCI's).
+	// zTOCs built here: what a read that misses costs at least (SOCI's
+	// default is 4MiB; smaller spans fetch less for random reads, and their
+	// 32 KiB windows are fetched only with them). Default "1MiB".
 	SpanSize ByteSize `toml:"span_size"`
 	// OnDemand chooses what a lookup does for an image without any index:
 	// "sync" builds the index while podman waits (one pass over each layer,
@@ -262,7 +264,7 @@ func DefaultFor(root bool) Config {
 		},
 		Index: IndexConfig{
 			MinLayerSize: 10 << 20,
-			SpanSize:     4 << 20,
+			SpanSize:     1 << 20,
 			OnDemand:     "sync",
 			Parallel:     4,
 			MaxZtocSize:  512 << 20,

@@ -42,6 +42,13 @@ type Layout interface {
 	Inflate(id int, compressed, dst []byte) ([]byte, error)
 }
 
+// Preparer is a Layout that wants to know which spans are about to be
+// fetched (e.g. to fetch what inflating them needs at the same time).
+// Prepare runs on a goroutine of the Manager, beside the fetch.
+type Preparer interface {
+	Prepare(ids []int)
+}
+
 // Source reads byte ranges of the layer blob: a registry (remote.Blob), or
 // a fake in tests.
 type Source interface {
@@ -582,6 +589,16 @@ func (m *Manager) run(j *job) {
 		defer recoverTo(&err)
 		if err := j.ticket.Wait(m.ctx); err != nil {
 			return err
+		}
+		if p, ok := m.o.Layout.(Preparer); ok {
+			var ids []int
+			j.ids(func(id int) { ids = append(ids, id) })
+			m.wg.Add(1)
+			go func() {
+				defer m.wg.Done()
+				defer func() { _ = recover() }() // a hint; the inflation reports failures
+				p.Prepare(ids)
+			}()
 		}
 		return m.fetchRuns(j)
 	}()

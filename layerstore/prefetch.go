@@ -83,6 +83,9 @@ type fillerConfig struct {
 	concurrency int
 	batchSize   int64
 	ensureFresh func(ctx context.Context, ref reference.Named, minValidity time.Duration) error
+	// budget returns how much background data may be in flight now (the
+	// measured link carries it quickly), at most max: batches are no larger.
+	budget func(max int64) int64
 	// idle blocks until the link is idle enough for background fetches
 	// (so a batch is chosen next to what containers read meanwhile).
 	idle    func(ctx context.Context) error
@@ -304,8 +307,12 @@ func (f *filler) nextTaskLocked(lf *layerFill) (task, bool) {
 			}
 		}
 		if start >= 0 {
+			limit := f.cfg.batchSize
+			if f.cfg.budget != nil {
+				limit = f.cfg.budget(limit)
+			}
 			b, size := start, spanLen(l, start)
-			for b+1 < n && !lf.claimed[b+1] && !l.spans.Present(b+1) && size+spanLen(l, b+1) <= f.cfg.batchSize {
+			for b+1 < n && !lf.claimed[b+1] && !l.spans.Present(b+1) && size+spanLen(l, b+1) <= limit {
 				b++
 				size += spanLen(l, b)
 			}

@@ -221,6 +221,7 @@ func open(cfg config.Config, opts Options, lock *rootLock) (*Store, error) {
 		batchSize:   int64(cfg.Prefetch.BatchSize),
 		ensureFresh: client.EnsureFresh,
 		idle:        s.sched.WaitIdle,
+		budget:      s.sched.BackgroundBudget,
 		verify:      s.verifyLayer,
 		metrics:     s.metrics,
 		log:         s.log.WithField("component", "prefetch"),

@@ -657,6 +657,7 @@ func (m *Manager) fetchRuns(j *job) error {
 		}
 		return fmt.Errorf("fetch spans %s: %w", describeRuns(j.runs), err)
 	}
+	j.ticket.Delivered()
 	for i, r := range j.runs {
 		c0 := ranges[i].Offset
 		for id := r.a; id <= r.b; id++ {

@@ -63,6 +63,12 @@ type SchedulerOptions struct {
 	// background fetches keep waiting, so a container's next read does not
 	// queue behind them. Default 1s.
 	Quiet time.Duration
+	// BackgroundDelay bounds how long the background fetches in flight may
+	// keep the link busy, at the link rate measured from the fetches that
+	// completed: a container's read that arrives meanwhile waits at most
+	// about that long behind them (their bytes already on the way cannot be
+	// called back). Default 250ms.
+	BackgroundDelay time.Duration
 }
 
 func (o SchedulerOptions) withDefaults() SchedulerOptions {
@@ -79,14 +85,24 @@ func (o SchedulerOptions) withDefaults() SchedulerOptions {
 	if o.Quiet <= 0 {
 		o.Quiet = time.Second
 	}
+	if o.BackgroundDelay <= 0 {
+		o.BackgroundDelay = 250 * time.Millisecond
+	}
 	return o
 }
+
+// minBackgroundBudget is the least background data the Scheduler lets be in
+// flight (one small batch), whatever the measured link rate.
+const minBackgroundBudget = 1 << 20
 
 // SchedulerStats are the Scheduler's counters.
 type SchedulerStats struct {
 	Waiting, Running int
 	Granted          [Demand + 1]int64
 	Preempted        int64
+	// LinkRate is the measured rate of the link in bytes per second (0:
+	// not measured yet).
+	LinkRate float64
 }
 
 // Scheduler grants fetches their turn: foreground fetches (Demand,
@@ -107,6 +123,14 @@ type Scheduler struct {
 	timer   *time.Timer // re-decides when the quiet time ends
 	closed  bool
 	stats   SchedulerStats
+
+	// The link rate: bytes delivered while at least one fetch ran, over the
+	// time that was so (since lastAcct), folded into rate every second of
+	// busy time.
+	busy     time.Duration
+	busyLast time.Time
+	bytes    int64
+	rate     float64
 }
 
 // NewScheduler returns a Scheduler with the given budget.
@@ -149,6 +173,7 @@ type Ticket struct {
 	// Guarded by s.mu.
 	preempted bool
 	done      bool
+	delivered bool
 }
 
 // Ticket queues a fetch of size bytes at priority p. Its Context derives
@@ -216,6 +241,14 @@ func (t *Ticket) Wait(ctx context.Context) error {
 	return nil
 }
 
+// Delivered tells the Scheduler that the fetch transferred its bytes (for
+// the link rate); call it before Done.
+func (t *Ticket) Delivered() {
+	t.s.mu.Lock()
+	defer t.s.mu.Unlock()
+	t.delivered = true
+}
+
 // Done ends the ticket: it gives its slot back, or leaves the queue.
 func (t *Ticket) Done() {
 	s := t.s
@@ -227,6 +260,11 @@ func (t *Ticket) Done() {
 	t.done = true
 	t.cancel(context.Canceled)
 	if _, ok := s.running[t]; ok {
+		s.accountLocked(time.Now())
+		if t.delivered {
+			s.bytes += t.size
+			s.foldRateLocked()
+		}
 		delete(s.running, t)
 		if !t.Priority().background() {
 			s.lastFG = time.Now()
@@ -266,7 +304,53 @@ func (s *Scheduler) Stats() SchedulerStats {
 	defer s.mu.Unlock()
 	st := s.stats
 	st.Waiting, st.Running = len(s.waiting), len(s.running)
+	st.LinkRate = s.rate
 	return st
+}
+
+// accountLocked adds the time since the last change to the busy time when
+// fetches were running.
+func (s *Scheduler) accountLocked(now time.Time) {
+	if len(s.running) > 0 && !s.busyLast.IsZero() {
+		s.busy += now.Sub(s.busyLast)
+	}
+	s.busyLast = now
+}
+
+// foldRateLocked folds the bytes delivered over the busy time into the
+// link rate once there is a fifth of a second of it.
+func (s *Scheduler) foldRateLocked() {
+	if s.busy < 200*time.Millisecond {
+		return
+	}
+	sample := float64(s.bytes) / s.busy.Seconds()
+	if s.rate == 0 {
+		s.rate = sample
+	} else {
+		s.rate = 0.7*s.rate + 0.3*sample
+	}
+	s.busy, s.bytes = 0, 0
+}
+
+// BackgroundBudget is how much background data may be in flight at once:
+// what the measured link carries in BackgroundDelay, at least 1 MiB (and
+// that while the rate is not measured yet), at most max.
+func (s *Scheduler) BackgroundBudget(max int64) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.backgroundBudgetLocked(max)
+}
+
+func (s *Scheduler) backgroundBudgetLocked(max int64) int64 {
+	b := int64(s.rate * s.opts.BackgroundDelay.Seconds())
+	return min(max, maxInt64(b, minBackgroundBudget))
+}
+
+func maxInt64(a, b int64) int64 {
+	if a > b {
+		return a
+	}
+	return b
 }
 
 // dispatchLocked grants what may start now, preempts background fetches a
@@ -284,6 +368,7 @@ func (s *Scheduler) dispatchLocked() {
 		return s.waiting[i].seq < s.waiting[j].seq
 	})
 	active, bgActive, fgActive := 0, 0, 0
+	var bgBytes int64
 	for t := range s.running {
 		if t.preempted {
 			continue // on its way out
@@ -291,11 +376,14 @@ func (s *Scheduler) dispatchLocked() {
 		active++
 		if t.Priority().background() {
 			bgActive++
+			bgBytes += t.size
 		} else {
 			fgActive++
 		}
 	}
+	budget := s.backgroundBudgetLocked(1 << 62)
 	now := time.Now()
+	s.accountLocked(now)
 	fgWaiting := false
 	kept := s.waiting[:0]
 	for _, t := range s.waiting {
@@ -319,9 +407,13 @@ func (s *Scheduler) dispatchLocked() {
 		case now.Sub(s.lastFG) < s.opts.Quiet:
 			s.armLocked(s.lastFG.Add(s.opts.Quiet).Sub(now))
 		default:
-			grant = bgActive < s.opts.MaxBackground && active < s.opts.MaxActive
+			// Within the background slots, and within the data the link
+			// carries in BackgroundDelay (one fetch always may).
+			grant = bgActive < s.opts.MaxBackground && active < s.opts.MaxActive &&
+				(bgActive == 0 || bgBytes+t.size <= budget)
 			if grant {
 				bgActive++
+				bgBytes += t.size
 			}
 		}
 		if !grant {

@@ -172,3 +172,36 @@ func TestCloseFailsWaiting(t *testing.T) {
 		t.Errorf("new ticket after Close: %v, want context.Canceled", err)
 	}
 }
+
+// TestBackgroundBudgetFollowsTheLink: before the link rate is known, one
+// MiB of background data may be in flight; once fetches delivered bytes
+// over busy time, the budget is what the link carries in BackgroundDelay.
+func TestBackgroundBudgetFollowsTheLink(t *testing.T) {
+	s := NewScheduler(SchedulerOptions{MaxBackground: 8, Quiet: time.Millisecond, BackgroundDelay: 100 * time.Millisecond})
+	defer s.Close()
+	if got := s.BackgroundBudget(64 << 20); got != minBackgroundBudget {
+		t.Fatalf("budget before any fetch = %d, want %d", got, minBackgroundBudget)
+	}
+	ctx := context.Background()
+	// Two background fetches of 1 MiB each: the second waits for the first
+	// (budget 1 MiB).
+	a, b := s.Ticket(ctx, Prefetch, 1<<20), s.Ticket(ctx, Prefetch, 1<<20)
+	if !granted(a, time.Second) || granted(b, 50*time.Millisecond) {
+		t.Fatal("two background fetches in flight within a 1 MiB budget")
+	}
+	// 1 MiB delivered in ~250 ms of busy time: about 4 MiB/s.
+	time.Sleep(250 * time.Millisecond)
+	a.Delivered()
+	a.Done()
+	if !granted(b, time.Second) {
+		t.Fatal("the second fetch not granted after the first")
+	}
+	b.Done()
+	rate := s.Stats().LinkRate
+	if rate < 2<<20 || rate > 8<<20 {
+		t.Fatalf("link rate %.0f B/s, want about 4 MiB/s", rate)
+	}
+	if got := s.BackgroundBudget(64 << 20); got != minBackgroundBudget {
+		t.Errorf("budget at %.0f B/s and 100 ms = %d, want the 1 MiB floor", rate, got)
+	}
+}

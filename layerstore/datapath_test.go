@@ -27,7 +27,7 @@ import (
 
 // servedFromLocal pushes l as an image, stores its zTOC locally and opens a
 // store (prefetch off) on that root; mod may change the configuration.
-func servedFromLocal(t *testing.T, reg *testRegistry, l *testLayer, mod func(*config.Config), opts Options) (*testStore, *testImage, *testZtoc) {
+func servedFromLocal(t testing.TB, reg *testRegistry, l *testLayer, mod func(*config.Config), opts Options) (*testStore, *testImage, *testZtoc) {
 	t.Helper()
 	img := reg.pushImage(t, "app/data", "v1", []*testLayer{l}, imageOptions{})
 	z := buildZtoc(t, l, nil)

@@ -16,6 +16,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/lazypull/lazypull/layerstore/alsfs"
+	"github.com/lazypull/lazypull/layerstore/diskcache"
 	"github.com/lazypull/lazypull/layerstore/remote"
 	"github.com/lazypull/lazypull/layerstore/spans"
 	"github.com/lazypull/lazypull/ztoc"
@@ -51,6 +52,10 @@ type layer struct {
 	mounted time.Time
 	log     *logrus.Entry
 	metrics *metrics
+	// cache is the span cache (the layer's files there: see passthrough.go)
+	// and backing writes backing files; nil: no passthrough.
+	cache   *diskcache.Cache
+	backing *backingWriter
 	// onBad takes the layer out of service (set by the Store).
 	onBad func(reason string)
 

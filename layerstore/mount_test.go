@@ -5,6 +5,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +18,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/lazypull/lazypull/layerstore/alsfs"
+	"github.com/lazypull/lazypull/layerstore/config"
 	"github.com/lazypull/lazypull/ztoc"
 )
 
@@ -169,4 +172,83 @@ func TestInterruptedReaderDoesNotFailOthers(t *testing.T) {
 	if _, ls := s.status(t, l.digest); ls.ReadErrors != 0 {
 		t.Errorf("the store counted %d failed reads, want 0", ls.ReadErrors)
 	}
+}
+
+// TestPassthroughReads: once a verified layer's file has all its bytes
+// here, it is written out whole, and the next open hands it to the kernel
+// (FUSE passthrough): reads of it, page cache dropped, no longer reach the
+// daemon, and return the exact bytes.
+func TestPassthroughReads(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting FUSE needs root")
+	}
+	var uts syscall.Utsname
+	syscall.Uname(&uts)
+	var major, minor int
+	fmt.Sscanf(utsString(uts.Release[:]), "%d.%d", &major, &minor)
+	if major < 6 || major == 6 && minor < 9 {
+		t.Skipf("FUSE passthrough needs Linux >= 6.9, this is %d.%d", major, minor)
+	}
+	reg := newTestRegistry(t)
+	l := stdLayer(t, 97, 1200, 200)
+	s, img, _ := servedFromLocal(t, reg, l, func(c *config.Config) { c.FUSE.Passthrough = true }, Options{})
+	mnt := t.TempDir()
+	srv, err := alsfs.Mount(mnt, s.Store, alsfs.Options{SingleUser: true, ReadAheadKB: -1})
+	if err != nil {
+		t.Fatalf("Mount: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Unmount(); err != nil {
+			t.Errorf("Unmount: %v", err)
+		}
+	})
+	file := filepath.Join(mnt, base64.StdEncoding.EncodeToString([]byte(img.ref)), l.digest.String(), "diff", "data/random.bin")
+	want, _ := l.content("data/random.bin")
+	read := func() {
+		t.Helper()
+		got, err := os.ReadFile(file)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("read %s: %d bytes, %v; want the file's %d", file, len(got), err, len(want))
+		}
+	}
+	read() // fetches every span
+	_, ls := s.status(t, l.digest)
+	if !ls.Verified {
+		t.Fatal("a layer from a local index is not verified")
+	}
+	layer := s.anyLayer(l.digest)
+	i := entryIndex(t, layer, "data/random.bin")
+	waitUntil(t, "the backing file written", func() bool {
+		read() // an open asks for it
+		return layer.cache.Has(backingKey(layer.group, i))
+	})
+	read() // this open gets it
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	_, before := s.status(t, l.digest)
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(f, got); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read through passthrough: %v", err)
+	}
+	_, after := s.status(t, l.digest)
+	if after.ReadsServed != before.ReadsServed {
+		t.Errorf("the daemon served %d reads of a file open with passthrough, want 0", after.ReadsServed-before.ReadsServed)
+	}
+}
+
+func utsString(b []int8) string {
+	var out []byte
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		out = append(out, byte(c))
+	}
+	return string(out)
 }

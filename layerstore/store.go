@@ -87,6 +87,7 @@ type Store struct {
 	metrics  *metrics
 	fill     *filler
 	prof     *profiles
+	backing  *backingWriter // nil without fuse.passthrough
 	started  time.Time
 	buildSem chan struct{} // bounds layers indexed at the same time
 
@@ -226,6 +227,10 @@ func open(cfg config.Config, opts Options, lock *rootLock) (*Store, error) {
 		metrics:     s.metrics,
 		log:         s.log.WithField("component", "prefetch"),
 	})
+	if cfg.FUSE.Passthrough {
+		s.backing = newBackingWriter()
+		s.background(s.backing.run)
+	}
 	s.background(s.sweepLoop)
 	return s, nil
 }
@@ -582,6 +587,8 @@ func (s *Store) newLayer(p layerParts, log *logrus.Entry) *layer {
 		mounted:    time.Now(),
 		log:        log,
 		metrics:    s.metrics,
+		cache:      s.spans,
+		backing:    s.backing,
 		checks:     ztoc.NewHeaderChecks(len(p.x.Entries())),
 	}
 	l.onBad = func(reason string) { s.markBad(l, reason) }

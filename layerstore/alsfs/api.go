@@ -72,6 +72,15 @@ type LayerContent interface {
 	ReadFile(ctx context.Context, i int, p []byte, off int64) (int, error)
 }
 
+// BackingFiler is a LayerContent that can give the kernel a file holding
+// exactly the bytes of regular file i, for FUSE passthrough: reads of the
+// opened file then go to that file without reaching the daemon. ok is false
+// when it has none (then reads come through ReadFile). The FUSE tree closes
+// the file when the kernel releases the open file.
+type BackingFiler interface {
+	BackingFile(i int) (f *os.File, ok bool)
+}
+
 // ContextReaderAt is an io.ReaderAt that can also be canceled. A Layer's
 // blob reader may implement it; reads of the file `blob` then pass the
 // request's context.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -140,7 +141,32 @@ var (
 )
 
 func (n *fileNode) Open(_ context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	return nil, openFlags, openReadOnly(flags)
+	if errno := openReadOnly(flags); errno != 0 {
+		return nil, 0, errno
+	}
+	if bf, ok := n.v.content.(BackingFiler); ok {
+		if f, ok := bf.BackingFile(int(n.v.tree.inodes[n.k].entry)); ok {
+			return &backedFile{f: f}, openFlags, 0
+		}
+	}
+	return nil, openFlags, 0
+}
+
+// backedFile is an open file that the kernel reads from a backing file
+// (FUSE passthrough, where the kernel and the daemon's privileges allow
+// it); otherwise reads come to fileNode.Read as usual.
+type backedFile struct{ f *os.File }
+
+var (
+	_ fs.FilePassthroughFder = (*backedFile)(nil)
+	_ fs.FileReleaser        = (*backedFile)(nil)
+)
+
+func (b *backedFile) PassthroughFd() (int, bool) { return int(b.f.Fd()), true }
+
+func (b *backedFile) Release(context.Context) syscall.Errno {
+	b.f.Close()
+	return 0
 }
 
 // Read fills dest unless the file ends first: the kernel takes a short

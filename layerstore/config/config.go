@@ -235,6 +235,11 @@ type FUSEConfig struct {
 	AttrTimeout Duration `toml:"attr_timeout"`
 	// Debug logs every FUSE request. Default false.
 	Debug bool `toml:"debug"`
+	// Passthrough lets the kernel read files of verified layers whose bytes
+	// are all here straight from a local copy (FUSE passthrough, Linux >=
+	// 6.9, a daemon running as root); elsewhere reads come through the
+	// daemon as always. Default true.
+	Passthrough bool `toml:"passthrough"`
 }
 
 // Default returns the configuration used when no file sets a key. The paths
@@ -292,6 +297,7 @@ func DefaultFor(root bool) Config {
 			Enabled: true,
 		},
 		FUSE: FUSEConfig{
+			Passthrough: true,
 			AllowOther:  true,
 			AttrTimeout: Duration(time.Hour),
 		},

@@ -391,7 +391,7 @@ func (s *Store) IndexImage(ctx context.Context, refStr string, push bool, progre
 func (s *Store) pushIndex(ctx context.Context, ref reference.Named, img *remote.Image, layers []ztoc.IndexLayer) error {
 	soci := make([]ztoc.IndexLayer, len(layers))
 	for i, l := range layers {
-		data, err := s.sociZtoc(l.ZtocDigest)
+		data, native, err := s.sociZtoc(l.ZtocDigest)
 		if err != nil {
 			return fmt.Errorf("zTOC of %s: %w", l.LayerDigest, err)
 		}
@@ -401,6 +401,17 @@ func (s *Store) pushIndex(ctx context.Context, ref reference.Named, img *remote.
 		}
 		soci[i] = l
 		soci[i].ZtocDigest, soci[i].ZtocSize = d, int64(len(data))
+		if native {
+			// The native layout beside it, for lazypull: the meta is what
+			// a lookup fetches, the windows come with their spans.
+			if err := s.pushNative(ctx, ref, l.ZtocDigest); err != nil {
+				return err
+			}
+			soci[i].Annotations = map[string]string{
+				ztoc.AnnotationNativeZtoc:     l.ZtocDigest.String(),
+				ztoc.AnnotationNativeZtocSize: strconv.FormatInt(l.ZtocSize, 10),
+			}
+		}
 	}
 	subject := ocispec.Descriptor{MediaType: img.MediaType, Digest: img.ManifestDigest, Size: int64(len(img.Manifest))}
 	index, _, err := ztoc.BuildIndexV1(soci, subject, nil)
@@ -417,32 +428,61 @@ func (s *Store) pushIndex(ctx context.Context, ref reference.Named, img *remote.
 }
 
 // sociZtoc returns local zTOC zd in SOCI's format (converting one in the
-// native layout, whose windows blob must be here).
-func (s *Store) sociZtoc(zd digest.Digest) ([]byte, error) {
+// native layout, whose windows blob must be here; native reports that).
+func (s *Store) sociZtoc(zd digest.Digest) (data []byte, native bool, err error) {
 	f, size, err := s.local.Open(zd)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	defer f.Close()
 	x, err := ztoc.OpenLayerIndex(f, size, ztoc.WithLimits(s.limits()))
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	wd, wsize, native := x.NativeWindows()
 	if !native {
-		return s.local.ReadBlob(context.Background(), zd)
+		data, err := s.local.ReadBlob(context.Background(), zd)
+		return data, false, err
 	}
 	w, n, err := s.local.Open(wd)
 	if err != nil {
-		return nil, fmt.Errorf("windows of %s: %w", zd, err)
+		return nil, true, fmt.Errorf("windows of %s: %w", zd, err)
 	}
 	defer w.Close()
 	if n != wsize {
-		return nil, fmt.Errorf("windows of %s: %d bytes, want %d", zd, n, wsize)
+		return nil, true, fmt.Errorf("windows of %s: %d bytes, want %d", zd, n, wsize)
 	}
 	x, err = ztoc.OpenLayerIndex(f, size, ztoc.WithLimits(s.limits()), ztoc.WithWindows(w))
 	if err != nil {
-		return nil, err
+		return nil, true, err
 	}
-	return x.MarshalSOCI()
+	data, err = x.MarshalSOCI()
+	return data, true, err
+}
+
+// pushNative pushes local native zTOC zd and its windows blob to ref's
+// repository.
+func (s *Store) pushNative(ctx context.Context, ref reference.Named, zd digest.Digest) error {
+	meta, err := s.local.ReadBlob(ctx, zd)
+	if err != nil {
+		return err
+	}
+	x, err := ztoc.NewLayerIndexFromBytes(meta, ztoc.WithLimits(s.limits()))
+	if err != nil {
+		return err
+	}
+	wd, _, _ := x.NativeWindows()
+	windows, err := s.local.ReadBlob(ctx, wd)
+	if err != nil {
+		return fmt.Errorf("windows of %s: %w", zd, err)
+	}
+	for _, b := range []struct {
+		d    digest.Digest
+		data []byte
+	}{{wd, windows}, {zd, meta}} {
+		if err := s.client.PushBlob(ctx, ref, b.d, int64(len(b.data)), bytes.NewReader(b.data)); err != nil {
+			return fmt.Errorf("push %s: %w", b.d, err)
+		}
+	}
+	return nil
 }

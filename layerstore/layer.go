@@ -178,8 +178,9 @@ func (l *layer) ReadFile(ctx context.Context, i int, p []byte, off int64) (int, 
 
 // checkEntry checks entry i against its own tar header run (once: the
 // result is remembered), fetching the spans that hold it, and those of a
-// read of n bytes at off in the file that follows when they are adjacent,
-// in one request. A mismatch takes the layer out of service.
+// read of n bytes at off in the file that follows when they are adjacent
+// (all of a small file's), in one request. A mismatch takes the layer out
+// of service.
 func (l *layer) checkEntry(ctx context.Context, i int, off, n int64) error {
 	if checked, err := l.checks.Result(i); checked {
 		return err
@@ -187,7 +188,16 @@ func (l *layer) checkEntry(ctx context.Context, i int, off, n int64) error {
 	m := &l.x.Entries()[i]
 	hs, he := l.x.HeaderRange(i)
 	a, c := l.x.SpanOf(hs), l.x.SpanOf(max(he-1, hs))
-	if m.Type == ztoc.TypeReg && off >= 0 && off < m.UncompressedSize && n > 0 {
+	var fileEnd ztoc.SpanID
+	if m.Type == ztoc.TypeReg && m.UncompressedSize > 0 {
+		fileEnd = l.x.SpanOf(m.UncompressedOffset + m.UncompressedSize - 1)
+	}
+	switch {
+	case m.Type == ztoc.TypeReg && m.UncompressedSize > 0 && fileEnd-c <= 1:
+		// A small file (in at most two spans past its header's) is read
+		// whole, at once: programs read them whole.
+		c = max(c, fileEnd)
+	case m.Type == ztoc.TypeReg && off >= 0 && off < m.UncompressedSize && n > 0:
 		b, end := l.x.SpanOf(m.UncompressedOffset+off), l.x.SpanOf(m.UncompressedOffset+min(off+n, m.UncompressedSize)-1)
 		if b-c <= 1 {
 			c = max(c, end)

@@ -14,6 +14,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/lazypull/lazypull/layerstore/config"
+	"github.com/lazypull/lazypull/layerstore/remote"
 	"github.com/lazypull/lazypull/ztoc"
 )
 
@@ -455,6 +456,15 @@ func TestUnusableLocalZtoc(t *testing.T) {
 	checkAllFiles(t, lv, l, 1<<20)
 }
 
+func mustResolve(t testing.TB, s *testStore, ref string) *remote.Image {
+	t.Helper()
+	img, err := s.resolveImage(context.Background(), mustNamed(t, ref))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
 // TestPushToImageRegistry: with artifacts.push_to_image_registry, an index
 // built on demand is pushed to the image's repository as a SOCI referrer,
 // and another machine (a store with nothing local, no shared repository)
@@ -477,15 +487,32 @@ func TestPushToImageRegistry(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	// Pushed in SOCI's format (windows inline), for every SOCI client.
-	soci, err := a.sociZtoc(zd)
-	if err != nil {
-		t.Fatal(err)
+	// Pushed in SOCI's format (windows inline), for every SOCI client, and
+	// in the native layout beside it, named by an annotation.
+	soci, native, err := a.sociZtoc(zd)
+	if err != nil || !native {
+		t.Fatalf("sociZtoc = %v, native %v", err, native)
+	}
+	e := a.searchRegistryIndex(context.Background(), img.named, mustResolve(t, a, img.ref))
+	if e.err != nil {
+		t.Fatal(e.err)
+	}
+	idx := e.idx
+	zdesc, ok := idx.ZtocFor(l.digest)
+	if !ok || zdesc.Digest != digest.FromBytes(soci) || zdesc.Annotations[ztoc.AnnotationNativeZtoc] != zd.String() {
+		t.Errorf("pushed SOCI index names %+v, want the SOCI zTOC %s with the native one %s beside it", zdesc, digest.FromBytes(soci), zd)
+	}
+	if x, err := ztoc.NewLayerIndexFromBytes(soci); err != nil || x.Ztoc().Version != ztoc.Version {
+		t.Errorf("the pushed zTOC is not in SOCI's format: %v", err)
 	}
 	b := newTestStore(t, reg, func(c *config.Config) { c.Index.OnDemand = "off" }, Options{})
+	mark := reg.mark()
 	lv := b.mustLookup(t, img.ref, l.digest)
-	if _, ls := b.status(t, l.digest); ls.IndexSource != "registry" || mustZtocDigest(t, b, l.digest) != digest.FromBytes(soci) {
-		t.Errorf("second store: %+v, want the pushed SOCI zTOC %s found in the registry", ls, digest.FromBytes(soci))
+	if _, ls := b.status(t, l.digest); ls.IndexSource != "registry" || mustZtocDigest(t, b, l.digest) != zd {
+		t.Errorf("second store: %+v, want the native zTOC %s found in the registry", ls, zd)
+	}
+	if got := reg.since(mark, blobGets(digest.FromBytes(soci))); len(got) != 0 {
+		t.Errorf("the second store fetched the SOCI zTOC %d times, want 0 (the native meta is smaller)", len(got))
 	}
 	checkAllFiles(t, lv, l, 1<<20)
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -440,6 +441,13 @@ func (s *Store) findZtoc(ctx context.Context, ref reference.Named, img *remote.I
 	if err != nil {
 		log.WithError(err).Debug("No SOCI index in the image's registry")
 	} else if zdesc, ok := idx.ZtocFor(desc.Digest); ok {
+		// lazypull's native layout pushed beside it: a small meta, windows
+		// fetched with their spans. Either is as good as the registry.
+		if nd, err := digest.Parse(zdesc.Annotations[ztoc.AnnotationNativeZtoc]); err == nil {
+			if n, err := strconv.ParseInt(zdesc.Annotations[ztoc.AnnotationNativeZtocSize], 10, 64); err == nil && n > 0 {
+				zdesc.Digest, zdesc.Size = nd, n
+			}
+		}
 		if zdesc.Size > s.limits().MaxZtocSize {
 			return ztocFound{}, fmt.Errorf("%w: zTOC %s of %d bytes is above the limit", ErrNoIndex, zdesc.Digest, zdesc.Size)
 		}

@@ -40,6 +40,15 @@ const (
 	nativeRecordSize = checkpointPosSize + sha256.Size
 )
 
+// Annotations of a SOCI index's zTOC descriptor naming the same index in
+// the native layout, pushed beside it (SOCI clients ignore them; lazypull
+// fetches the small meta instead of the zTOC, and the windows it names
+// with their spans).
+const (
+	AnnotationNativeZtoc     = "io.github.lazypull.native-ztoc"
+	AnnotationNativeZtocSize = "io.github.lazypull.native-ztoc.size"
+)
+
 // ErrNoWindows is returned for a window of a native zTOC opened without a
 // source of its windows blob (see WithWindows).
 var ErrNoWindows = errors.New("ztoc: no windows for a native zTOC")

@@ -297,9 +297,16 @@ func TestPrivateImageWithPodmanCredentials(t *testing.T) {
 		t.Errorf("bob's pull of %s: %d diffs point into the store, want %d", otherRef, len(got), len(indexed))
 	}
 
+	// (An index found through the private repository serves that
+	// repository only until verified: bob's repository has its own, so the
+	// same layers may be listed once per repository.)
 	st := d.Status(t)
-	if len(st.Layers) != served {
-		t.Errorf("daemon serves %d layers after the refused lookups, want still %d", len(st.Layers), served)
+	digests := map[string]bool{}
+	for _, l := range st.Layers {
+		digests[l.Digest] = true
+	}
+	if len(digests) != served {
+		t.Errorf("daemon serves %d distinct layers after the refused lookups, want still %d", len(digests), served)
 	}
 	refs := layerRefs(st)
 	for _, bad := range []string{ref2, byDigest} {

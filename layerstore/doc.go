@@ -1,7 +1,8 @@
 // Package layerstore is the Additional Layer Store daemon behind
 // `lazypull serve`: a FUSE filesystem (alsfs) that containers/storage
 // consults for the layers of images being pulled, serving each layer's
-// files lazily from the registry through its zTOC.
+// files lazily from the registry through its index: a zTOC for gzip and tar
+// layers, the TOC the layer carries for eStargz and zstd:chunked.
 //
 // # Who owns what
 //
@@ -11,10 +12,12 @@
 //     and the background filler. Run (run.go) assembles the daemon: checks,
 //     memory limit, credentials, Serve (serve.go: mount, control socket,
 //     metrics).
-//   - layer (layer.go) is one served layer: its identity, its zTOC, the
-//     references and directories using it, and its spans.Manager, which
-//     owns the layer's bytes. A layer knows nothing of the Store; the Store
-//     gives it callbacks (onBad).
+//   - layer (layer.go) is one served layer: its identity, its index
+//     (layerIndex, index.go: ztocIndex, or tocIndex for a layer with its
+//     own TOC, opened by tocload.go through packages estargz and
+//     zstdchunked), the references and directories using it, and its
+//     spans.Manager, which owns the layer's bytes. A layer knows nothing of
+//     the Store; the Store gives it callbacks (onBad, verifyNow).
 //   - filler (prefetch.go) completes layers in the background: prefetch in
 //     batches near what containers read, then whole-layer verification
 //     (verify.go), both as clients of the span manager at background
@@ -26,9 +29,11 @@
 //     alsfs.fileNode.Read calls LayerContent.ReadFile with the regular
 //     file's entry (alsfs resolved hard links when it built the tree).
 //  2. layer.ReadFile checks, once per entry, the tar header run in front
-//     of the file's data against the zTOC (layer.checkEntry: the header's
-//     spans and the read's are fetched in one request), then asks the span
-//     manager for the bytes of the uncompressed stream.
+//     of the file's data against a zTOC (layer.checkEntry: the header's
+//     spans and the read's are fetched in one request; a layer with its own
+//     TOC has nothing to check here), then asks the span manager for the
+//     bytes of the uncompressed stream (for a layer with its own TOC, the
+//     stream of its files' data: package tocindex).
 //  3. spans.Manager.ReadAt claims the missing spans of the range (one job
 //     per read, one range per run), raises jobs already in flight to
 //     Demand, and waits for them: each job runs on the manager's goroutine
@@ -54,6 +59,25 @@
 // fetching. alsfs's filesystem.mu guards its views and is not held while
 // calling the Resolver; the FUSE tree is never notified from inside a FUSE
 // request (markBad evicts on a store goroutine).
+//
+// # Layers with their own TOC (eStargz, zstd:chunked)
+//
+// containers/storage >= 1.54 (podman >= 5.1) asks for these by TOC digest
+// (the layer directory is named by it; `info` then carries toc-digest and
+// the expected-layer-diffid flag, no other digest: identityTOC), older ones
+// by compressed digest like any layer. The TOC is read from the blob's end
+// at lookup (one request), checked against the digest the image's manifest
+// gives, and seeded into the span cache. Spans are runs of whole gzip
+// members or zstd frames; their fetched bytes get a cheap structural check
+// (Layout.Verify) and every chunk's sha256 is checked on inflation (a
+// mismatch is spans.ErrSpanCorrupt: fetched again, twice makes the layer
+// bad). The TOC is the image's own statement, so such a layer serves every
+// image that names the same blob and TOC digest (key: blob digest and
+// tocScope). Whole-layer verification checks digest, DiffID, every tar
+// header against the TOC and every chunk's place in the tar stream; the
+// file `blob`, whose bytes no TOC digest covers, is served only after it
+// (a read of `blob` runs it at Demand priority), and from then on every
+// span's compressed sha256 is checked on each fetch.
 //
 // # Trust
 //

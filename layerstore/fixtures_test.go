@@ -238,6 +238,8 @@ type testLayer struct {
 	digest    digest.Digest
 	diffID    digest.Digest
 	mediaType string
+	// annotations of the layer's descriptor (TOC digests).
+	annotations map[string]string
 }
 
 // content returns the expected data of regular file or hard link name.
@@ -422,7 +424,7 @@ func pushImageTo(t testing.TB, host, repo, tag string, layers []*testLayer, opts
 		if !opts.skipBlobs {
 			push(l.blob)
 		}
-		m.Layers = append(m.Layers, ocispec.Descriptor{MediaType: l.mediaType, Digest: l.digest, Size: int64(len(l.blob))})
+		m.Layers = append(m.Layers, ocispec.Descriptor{MediaType: l.mediaType, Digest: l.digest, Size: int64(len(l.blob)), Annotations: l.annotations})
 	}
 	data, err := json.Marshal(m)
 	if err != nil {

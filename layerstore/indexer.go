@@ -239,7 +239,7 @@ func (s *Store) ImageIndexLayers(ctx context.Context, img *remote.Image) ([]ztoc
 	spanSize := int64(s.cfg.Index.SpanSize)
 	var out []ztoc.IndexLayer
 	for _, d := range img.Layers {
-		if d.Size < int64(s.cfg.Index.MinLayerSize) || !servableMediaType(d.MediaType) {
+		if !s.needsZtoc(d) {
 			continue
 		}
 		zd, err := s.local.ReadRef(ctx, artifact.LayerRef, artifact.LayerKey(d.Digest, spanSize))
@@ -303,9 +303,58 @@ type IndexProgress interface {
 	LayerDone(l remote.Layer, res *BuildResult, reused bool, err error)
 }
 
+// needsZtoc reports whether layer d is served through a zTOC: a gzip or tar
+// layer not below index.min_layer_size (eStargz and zstd:chunked layers
+// carry their own TOC).
+func (s *Store) needsZtoc(d remote.Layer) bool {
+	if d.Size < int64(s.cfg.Index.MinLayerSize) {
+		return false
+	}
+	f, _, err := formatOf(d)
+	return err == nil && (f == formatGzip || f == formatTar)
+}
+
+// LayerFormat describes how a layer is served, for `lazypull index`.
+type LayerFormat struct {
+	Layer remote.Layer
+	// Format is "gzip" or "tar" (served through a zTOC), "estargz" or
+	// "zstd:chunked" (through their own TOC), or the media type of a
+	// layer that is not served lazily.
+	Format string
+	// TOCDigest is the digest of the layer's own TOC.
+	TOCDigest digest.Digest
+	// NeedsIndex is set for layers served through a zTOC; Note says why
+	// the others need none.
+	NeedsIndex bool
+	Note       string
+}
+
+// LayerFormats describes how each layer of img is served.
+func (s *Store) LayerFormats(img *remote.Image) []LayerFormat {
+	out := make([]LayerFormat, 0, len(img.Layers))
+	for _, d := range img.Layers {
+		f, toc, err := formatOf(d)
+		lf := LayerFormat{Layer: d, Format: f, TOCDigest: toc}
+		switch {
+		case err != nil:
+			lf.Format, lf.Note = d.MediaType, "not served lazily: "+err.Error()
+		case d.Size < int64(s.cfg.Index.MinLayerSize):
+			lf.Note = fmt.Sprintf("pulled normally: %d bytes, below index.min_layer_size (%s)", d.Size, s.cfg.Index.MinLayerSize)
+		case toc != "":
+			lf.Note = fmt.Sprintf("carries its own TOC (%s): served without an index", toc)
+		default:
+			lf.NeedsIndex = true
+		}
+		out = append(out, lf)
+	}
+	return out
+}
+
 // IndexImageResult is what IndexImage produced.
 type IndexImageResult struct {
 	Image *remote.Image
+	// Formats says how every layer is served.
+	Formats []LayerFormat
 	// Layers are the zTOCs of the image's indexed layers.
 	Layers []ztoc.IndexLayer
 	// Index is the SOCI v1 index and IndexDigest its digest.
@@ -334,8 +383,9 @@ func (s *Store) IndexImage(ctx context.Context, refStr string, push bool, progre
 	sem := make(chan struct{}, s.cfg.Index.Parallel)
 	errs := make([]error, len(img.Layers))
 	var wg sync.WaitGroup
+	formats := s.LayerFormats(img)
 	for i, d := range img.Layers {
-		if d.Size < int64(s.cfg.Index.MinLayerSize) || !servableMediaType(d.MediaType) {
+		if !formats[i].NeedsIndex {
 			continue
 		}
 		wg.Add(1)
@@ -366,6 +416,14 @@ func (s *Store) IndexImage(ctx context.Context, refStr string, push bool, progre
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
+	res := &IndexImageResult{Image: img, Formats: formats}
+	needed := false
+	for _, f := range formats {
+		needed = needed || f.NeedsIndex
+	}
+	if !needed {
+		return res, nil // nothing to index: no SOCI index either
+	}
 	layers, err := s.ImageIndexLayers(ctx, img)
 	if err != nil {
 		return nil, err
@@ -374,7 +432,7 @@ func (s *Store) IndexImage(ctx context.Context, refStr string, push bool, progre
 	if err != nil {
 		return nil, err
 	}
-	res := &IndexImageResult{Image: img, Layers: layers, Index: data, IndexDigest: digest.FromBytes(data)}
+	res.Layers, res.Index, res.IndexDigest = layers, data, digest.FromBytes(data)
 	if push {
 		if err := s.pushIndex(ctx, ref, img, layers); err != nil {
 			return res, err

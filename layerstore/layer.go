@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,28 +26,31 @@ import (
 var ErrLayerBad = spans.ErrLayerBad
 
 // layer is one served layer, shared by every image reference that has it:
-// what it is (digest, sizes, DiffID), how it is indexed (zTOC), the span
-// manager that owns its bytes, and who uses it. The Store owns layers; a
-// layer knows nothing of the Store.
+// what it is (digest, sizes, DiffID), how it is indexed (a zTOC, or the TOC
+// an eStargz or zstd:chunked layer carries), the span manager that owns its
+// bytes, and who uses it. The Store owns layers; a layer knows nothing of
+// the Store.
 type layer struct {
 	digest    digest.Digest
 	size      int64
 	mediaType string
 	diffID    digest.Digest
-	// ztocDigest identifies the index; source says where it came from
-	// ("local", "shared", "registry", "built").
+	// ztocDigest identifies a zTOC index in the artifact store ("" for a
+	// layer with its own TOC); tocDigest is that TOC's digest ("" for a
+	// zTOC). source says where the index came from ("local", "shared",
+	// "registry", "built", "toc").
 	ztocDigest digest.Digest
-	source     string
-	x          *ztoc.LayerIndex
-	file       *os.File      // the zTOC, read for checkpoint windows
-	windows    *windowSource // a native zTOC's windows, or nil
-	spans      *spans.Manager
-	// group is the layer's group in the span cache (layer and zTOC: spans
+	tocDigest  digest.Digest
+	// indexID names the index that cut the layer into spans: the zTOC's
+	// digest, or for a layer with its own TOC a digest of its format, TOC
+	// digest and span target (spans of another index are other ranges).
+	indexID digest.Digest
+	source  string
+	idx     layerIndex
+	spans   *spans.Manager
+	// group is the layer's group in the span cache (layer and index: spans
 	// cached under another index's layout are never mixed in).
-	group string
-	// header holds the compressed bytes before span 0 (the gzip header),
-	// which belong to no span.
-	header  []byte
+	group   string
 	mounted time.Time
 	log     *logrus.Entry
 	metrics *metrics
@@ -56,12 +58,16 @@ type layer struct {
 	// and backing writes backing files; nil: no passthrough.
 	cache   *diskcache.Cache
 	backing *backingWriter
-	// onBad takes the layer out of service (set by the Store).
-	onBad func(reason string)
+	// onBad takes the layer out of service (set by the Store); verifyNow
+	// verifies the whole layer at Demand priority (set by the Store; the
+	// file `blob` of a layer with its own TOC waits for it).
+	onBad     func(reason string)
+	verifyNow func(ctx context.Context) error
 
-	// checks records the entries whose tar headers were checked against
-	// the zTOC (a file before its first byte is served, a hard link before
-	// its metadata is).
+	// checks records the zTOC entries whose tar headers were checked (a
+	// file before its first byte is served, a hard link before its
+	// metadata is); nil for a layer with its own TOC, whose metadata is
+	// the image's.
 	checks     *ztoc.HeaderChecks
 	reads      atomic.Int64
 	readErrors atomic.Int64
@@ -82,7 +88,8 @@ type layer struct {
 	closed    bool
 
 	// scope is, while the layer's index is not trusted, the repository it
-	// serves (its key in Store.layers). Guarded by Store.mu.
+	// serves; for a layer with its own TOC, tocLayerScopePrefx and the
+	// TOC digest (its key in Store.layers). Guarded by Store.mu.
 	scope string
 }
 
@@ -135,7 +142,7 @@ func (l *layer) badErr() error {
 }
 
 // Entries implements alsfs.LayerContent.
-func (l *layer) Entries() []ztoc.FileMetadata { return l.x.Entries() }
+func (l *layer) Entries() []ztoc.FileMetadata { return l.idx.Entries() }
 
 // ReadFile implements alsfs.LayerContent. i is a regular file (the FUSE
 // tree resolved hard links).
@@ -145,7 +152,7 @@ func (l *layer) ReadFile(ctx context.Context, i int, p []byte, off int64) (int, 
 		return 0, err
 	}
 	start := time.Now()
-	m := &l.x.Entries()[i]
+	m := &l.idx.Entries()[i]
 	if m.Type != ztoc.TypeReg {
 		return 0, fmt.Errorf("%w: %q is a %s, not a regular file", ztoc.ErrNotExist, m.Name, m.Type)
 	}
@@ -176,21 +183,29 @@ func (l *layer) ReadFile(ctx context.Context, i int, p []byte, off int64) (int, 
 	return n, err
 }
 
-// checkEntry checks entry i against its own tar header run (once: the
+// checkEntry checks zTOC entry i against its own tar header run (once: the
 // result is remembered), fetching the spans that hold it, and those of a
 // read of n bytes at off in the file that follows when they are adjacent
 // (all of a small file's), in one request. A mismatch takes the layer out
-// of service.
+// of service. A layer with its own TOC has nothing to check here: the TOC
+// is the image's (checked against its digest), every chunk is checked on
+// inflation, and the tar headers against the TOC by the whole-layer
+// verification.
 func (l *layer) checkEntry(ctx context.Context, i int, off, n int64) error {
+	z, ok := l.idx.(*ztocIndex)
+	if !ok {
+		return nil
+	}
 	if checked, err := l.checks.Result(i); checked {
 		return err
 	}
-	m := &l.x.Entries()[i]
-	hs, he := l.x.HeaderRange(i)
-	a, c := l.x.SpanOf(hs), l.x.SpanOf(max(he-1, hs))
+	x := z.x
+	m := &x.Entries()[i]
+	hs, he := x.HeaderRange(i)
+	a, c := x.SpanOf(hs), x.SpanOf(max(he-1, hs))
 	var fileEnd ztoc.SpanID
 	if m.Type == ztoc.TypeReg && m.UncompressedSize > 0 {
-		fileEnd = l.x.SpanOf(m.UncompressedOffset + m.UncompressedSize - 1)
+		fileEnd = x.SpanOf(m.UncompressedOffset + m.UncompressedSize - 1)
 	}
 	switch {
 	case m.Type == ztoc.TypeReg && m.UncompressedSize > 0 && fileEnd-c <= 1:
@@ -198,7 +213,7 @@ func (l *layer) checkEntry(ctx context.Context, i int, off, n int64) error {
 		// whole, at once: programs read them whole.
 		c = max(c, fileEnd)
 	case m.Type == ztoc.TypeReg && off >= 0 && off < m.UncompressedSize && n > 0:
-		b, end := l.x.SpanOf(m.UncompressedOffset+off), l.x.SpanOf(m.UncompressedOffset+min(off+n, m.UncompressedSize)-1)
+		b, end := x.SpanOf(m.UncompressedOffset+off), x.SpanOf(m.UncompressedOffset+min(off+n, m.UncompressedSize)-1)
 		if b-c <= 1 {
 			c = max(c, end)
 		}
@@ -210,7 +225,7 @@ func (l *layer) checkEntry(ctx context.Context, i int, off, n int64) error {
 	if _, err := l.spans.Peek(ctx, run, hs); err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("read the tar header of %q: %w", m.Name, err)
 	}
-	err := l.x.CheckHeaderRun(i, run)
+	err := x.CheckHeaderRun(i, run)
 	l.checks.Record(i, err)
 	if errors.Is(err, ztoc.ErrHeaderMismatch) {
 		l.markBadFn(err.Error())
@@ -227,13 +242,17 @@ func (l *layer) checkEntry(ctx context.Context, i int, off, n int64) error {
 // (and that is checked before the file's first byte). Headers in the same
 // spans are fetched once.
 func (l *layer) checkHardLinks(ctx context.Context) error {
-	es := l.x.Entries()
+	z, ok := l.idx.(*ztocIndex)
+	if !ok {
+		return nil // a layer with its own TOC: see checkEntry
+	}
+	es := z.x.Entries()
 	for i := range es {
 		e := &es[i]
 		if e.Type != ztoc.TypeHardlink {
 			continue
 		}
-		if j, ok := l.x.LookupBefore(e.Linkname, i); ok && sameInodeMetadata(e, &es[j]) {
+		if j, ok := z.x.LookupBefore(e.Linkname, i); ok && sameInodeMetadata(e, &es[j]) {
 			continue
 		}
 		if err := l.checkEntry(ctx, i, 0, 0); err != nil {
@@ -276,7 +295,10 @@ func (l *layer) markBadFn(reason string) {
 }
 
 // blobReader serves the file `blob`: the compressed layer, from the span
-// cache or the registry, every span verified.
+// cache or the registry, every span verified. A layer with its own TOC,
+// whose digests cover uncompressed data only, serves it once the layer was
+// verified as a whole (the host reads `blob` whole anyway: to push, save or
+// commit); from then on every span's bytes are checked against their sha256.
 type blobReader struct{ l *layer }
 
 var _ alsfs.ContextReaderAt = blobReader{}
@@ -296,19 +318,29 @@ func (b blobReader) ReadAtContext(ctx context.Context, p []byte, off int64) (int
 	if off >= l.size {
 		return 0, io.EOF
 	}
+	if _, ok := l.idx.(*tocIndex); ok && !l.verified.Load() {
+		if l.verifyNow == nil {
+			return 0, fmt.Errorf("%w: the layer is not verified yet", ErrLayerBad)
+		}
+		if err := l.verifyNow(ctx); err != nil {
+			return 0, fmt.Errorf("verify the layer before serving its blob: %w", err)
+		}
+	}
+	header := l.idx.Prefix()
 	end := min(off+int64(len(p)), l.size)
 	n := 0
-	if off < int64(len(l.header)) {
-		n += copy(p, l.header[off:min(end, int64(len(l.header)))])
+	if off < int64(len(header)) {
+		n += copy(p, header[off:min(end, int64(len(header)))])
 	}
 	if pos := off + int64(n); pos < end {
-		first, last := l.x.CompressedSpanOf(pos), l.x.CompressedSpanOf(end-1)
-		data, err := l.spans.Compressed(ctx, int(first), int(last), spans.Demand)
+		lay := l.idx.Layout()
+		first, last := l.idx.CompressedSpanOf(pos), l.idx.CompressedSpanOf(end-1)
+		data, err := l.spans.Compressed(ctx, first, last, spans.Demand)
 		if err != nil {
 			return n, err
 		}
 		for i, d := range data {
-			s0, s1 := l.x.SpanCompressedRange(first + ztoc.SpanID(i))
+			s0, s1 := lay.CompressedRange(first + i)
 			lo, hi := max(pos, s0), min(end, s1)
 			if lo < hi {
 				copy(p[lo-off:hi-off], d[lo-s0:hi-s0])
@@ -349,54 +381,19 @@ func (v *layerView) Content() (alsfs.LayerContent, error) {
 // Release implements alsfs.Layer.
 func (v *layerView) Release() { v.once.Do(v.release) }
 
-// ztocLayout adapts a zTOC to the span manager.
-type ztocLayout struct {
-	x  *ztoc.LayerIndex
-	ws *windowSource // a native zTOC's windows, fetched with the spans; or nil
-}
-
-var _ spans.Preparer = ztocLayout{}
-
-// Prepare implements spans.Preparer.
-func (z ztocLayout) Prepare(ids []int) {
-	if z.ws != nil {
-		z.ws.Prepare(ids)
-	}
-}
-
-var _ spans.Layout = ztocLayout{}
-
-func (z ztocLayout) NumSpans() int { return z.x.NumSpans() }
-
-func (z ztocLayout) CompressedRange(id int) (int64, int64) {
-	return z.x.SpanCompressedRange(ztoc.SpanID(id))
-}
-
-func (z ztocLayout) UncompressedRange(id int) (int64, int64) {
-	return z.x.SpanUncompressedRange(ztoc.SpanID(id))
-}
-
-func (z ztocLayout) SpanOf(off int64) int { return int(z.x.SpanOf(off)) }
-
-func (z ztocLayout) Verify(id int, c []byte) error { return z.x.VerifySpan(ztoc.SpanID(id), c) }
-
-func (z ztocLayout) Inflate(id int, c, dst []byte) ([]byte, error) {
-	return z.x.InflateVerifiedSpan(ztoc.SpanID(id), c, dst)
-}
-
 // spanGroup names a layer's spans in the span cache: the layer and the
-// zTOC that cut them.
-func spanGroup(layer, ztocDigest digest.Digest) string {
-	return layer.Algorithm().String() + "-" + layer.Encoded() + "-" + ztocDigest.Encoded()[:16]
+// index that cut them.
+func spanGroup(layer, indexDigest digest.Digest) string {
+	return layer.Algorithm().String() + "-" + layer.Encoded() + "-" + indexDigest.Encoded()[:16]
 }
 
 // layerParts are what a layer is made of.
 type layerParts struct {
 	desc       remote.Layer
 	ztocDigest digest.Digest
+	tocDigest  digest.Digest
 	source     string
-	file       *os.File
-	x          *ztoc.LayerIndex
-	windows    *windowSource
-	header     []byte
+	idx        layerIndex
+	// indexID is layer.indexID.
+	indexID digest.Digest
 }

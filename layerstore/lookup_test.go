@@ -400,7 +400,7 @@ func TestLookupSharedStore(t *testing.T) {
 	// The index is in lazypull's native layout: machine B fetched its meta
 	// whole, and its windows only with the spans read, range by range.
 	layer := b.anyLayer(l.digest)
-	wd, _, native := layer.x.NativeWindows()
+	wd, _, native := layer.idx.(*ztocIndex).x.NativeWindows()
 	if !native {
 		t.Fatal("the shared index is not in the native layout")
 	}

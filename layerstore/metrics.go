@@ -126,12 +126,13 @@ var (
 	descFetches       = prometheus.NewDesc("lazypull_fetches_granted_total", "Range requests granted by the fetch scheduler, by priority.", []string{"priority"}, nil)
 	descPreempted     = prometheus.NewDesc("lazypull_fetches_preempted_total", "Background range requests stopped to let a container's read through.", nil, nil)
 	descLayers        = prometheus.NewDesc("lazypull_layers_loaded", "Layers loaded in the daemon.", nil, nil)
+	descLayersFormat  = prometheus.NewDesc("lazypull_layers_loaded_by_format", "Layers loaded in the daemon, by format (gzip, tar, estargz, zstd:chunked).", []string{"format"}, nil)
 )
 
 func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRegistryBytes, descRegistryReqs, descRegistryRetry, descRegistryErrs,
 		descSpanHits, descSpanMisses, descSpanBytes, descSpanEvict, descLayerFetched, descLayerCached,
-		descFetches, descPreempted, descLayers} {
+		descFetches, descPreempted, descLayers, descLayersFormat} {
 		ch <- d
 	}
 }
@@ -157,6 +158,13 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 	// Per-layer series exist while the layer is loaded: they go with it.
 	layers := c.s.loadedLayers()
 	ch <- prometheus.MustNewConstMetric(descLayers, prometheus.GaugeValue, float64(len(layers)))
+	byFormat := map[string]int{formatGzip: 0, formatTar: 0, formatEstargz: 0, formatZstdChunked: 0}
+	for _, l := range layers {
+		byFormat[l.idx.Format()]++
+	}
+	for f, n := range byFormat {
+		ch <- prometheus.MustNewConstMetric(descLayersFormat, prometheus.GaugeValue, float64(n), f)
+	}
 	for _, l := range layers {
 		d := l.digest.String()
 		ch <- prometheus.MustNewConstMetric(descLayerFetched, prometheus.GaugeValue, float64(l.spans.Stats().FetchedBytes), d)

@@ -68,7 +68,7 @@ func (b *backingWriter) run(ctx context.Context) {
 			return
 		case w := <-b.work:
 			if err := w.l.writeBacking(ctx, w.i); err != nil && ctx.Err() == nil {
-				w.l.log.WithError(err).WithField("file", w.l.x.Entries()[w.i].Name).Debug("Writing the backing file failed")
+				w.l.log.WithError(err).WithField("file", w.l.idx.Entries()[w.i].Name).Debug("Writing the backing file failed")
 			}
 			b.mu.Lock()
 			delete(b.pending, w)
@@ -86,7 +86,7 @@ func (l *layer) BackingFile(i int) (*os.File, bool) {
 	if l.backing == nil || !l.verified.Load() || l.spans.Bad() != "" {
 		return nil, false
 	}
-	m := &l.x.Entries()[i]
+	m := &l.idx.Entries()[i]
 	if m.Type != ztoc.TypeReg || m.UncompressedSize < passthroughMin {
 		return nil, false
 	}
@@ -102,9 +102,10 @@ func (l *layer) BackingFile(i int) (*os.File, bool) {
 		return nil, false
 	}
 	// Written out once every span of the file is here.
-	first, last := l.x.SpanOf(m.UncompressedOffset), l.x.SpanOf(m.UncompressedOffset+m.UncompressedSize-1)
+	lay := l.idx.Layout()
+	first, last := lay.SpanOf(m.UncompressedOffset), lay.SpanOf(m.UncompressedOffset+m.UncompressedSize-1)
 	for id := first; id <= last; id++ {
-		if !l.spans.Present(int(id)) {
+		if !l.spans.Present(id) {
 			return nil, false
 		}
 	}

@@ -12,7 +12,6 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/lazypull/lazypull/layerstore/spans"
-	"github.com/lazypull/lazypull/ztoc"
 )
 
 // Background fetch tuning that is not configuration.
@@ -348,7 +347,7 @@ func hotDistance(hot []int, id, n int) int {
 }
 
 func spanLen(l *layer, id int) int64 {
-	s, e := l.x.SpanCompressedRange(ztoc.SpanID(id))
+	s, e := l.idx.Layout().CompressedRange(id)
 	return e - s
 }
 

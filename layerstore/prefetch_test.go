@@ -78,7 +78,7 @@ func sumSpanBytes(t testing.TB, s *testStore, d interface{ String() string }) in
 	for _, l := range s.layers {
 		if l.digest.String() == d.String() {
 			var n int64
-			for id := range l.x.NumSpans() {
+			for id := range l.idx.Layout().NumSpans() {
 				n += spanLen(l, id)
 			}
 			return n

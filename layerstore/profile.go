@@ -116,7 +116,7 @@ func (s *Store) noteRead(r *recording, l *layer, first, last int) {
 	start := !r.started
 	r.started = true
 	for id := first; id <= last && len(r.order) < profileMaxSpans; id++ {
-		k := profileSpan{Layer: l.digest, Ztoc: l.ztocDigest, Span: id}
+		k := profileSpan{Layer: l.digest, Ztoc: l.indexID, Span: id}
 		if !r.seen[k] {
 			r.seen[k] = true
 			r.order = append(r.order, k)
@@ -241,7 +241,7 @@ func (s *Store) replayProfile(img digest.Digest, ref reference.Named, l *layer) 
 		}
 		var ids []int
 		for _, k := range prof.Spans {
-			if k.Layer == l.digest && k.Ztoc == l.ztocDigest {
+			if k.Layer == l.digest && k.Ztoc == l.indexID {
 				ids = append(ids, k.Span)
 			}
 		}
@@ -301,13 +301,13 @@ type viewContent struct {
 func (c viewContent) ReadFile(ctx context.Context, i int, p []byte, off int64) (int, error) {
 	n, err := c.layer.ReadFile(ctx, i, p, off)
 	if n > 0 && c.note != nil {
-		x := c.layer.x
-		m := &x.Entries()[i]
+		lay := c.layer.idx.Layout()
+		m := &c.layer.idx.Entries()[i]
 		start := m.UncompressedOffset + off
-		if off == 0 {
-			start, _ = x.HeaderRange(i) // the first read checks the header
+		if z, ok := c.layer.idx.(*ztocIndex); ok && off == 0 {
+			start, _ = z.x.HeaderRange(i) // the first read checks the header
 		}
-		c.note(int(x.SpanOf(start)), int(x.SpanOf(m.UncompressedOffset+off+int64(n)-1)))
+		c.note(lay.SpanOf(start), lay.SpanOf(m.UncompressedOffset+off+int64(n)-1))
 	}
 	return n, err
 }

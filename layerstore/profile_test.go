@@ -79,10 +79,11 @@ func TestStartupProfileSharedByTheFleet(t *testing.T) {
 // hardLinkSpan reports whether span id holds a hard link's tar header (the
 // store fetches those itself before serving an index from elsewhere).
 func (ts *testStore) hardLinkSpan(l *layer, id int) bool {
-	for i, e := range l.x.Entries() {
+	x := l.idx.(*ztocIndex).x
+	for i, e := range x.Entries() {
 		if e.Type == "hardlink" {
-			s, end := l.x.HeaderRange(i)
-			if int(l.x.SpanOf(s)) <= id && id <= int(l.x.SpanOf(max(end-1, s))) {
+			s, end := x.HeaderRange(i)
+			if int(x.SpanOf(s)) <= id && id <= int(x.SpanOf(max(end-1, s))) {
 				return true
 			}
 		}

@@ -13,10 +13,12 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/sirupsen/logrus"
 
+	"github.com/lazypull/lazypull/estargz"
 	"github.com/lazypull/lazypull/layerstore/alsfs"
 	"github.com/lazypull/lazypull/layerstore/artifact"
 	"github.com/lazypull/lazypull/layerstore/remote"
 	"github.com/lazypull/lazypull/layerstore/spans"
+	"github.com/lazypull/lazypull/zstdchunked"
 	"github.com/lazypull/lazypull/ztoc"
 )
 
@@ -44,7 +46,7 @@ func (s *Store) Lookup(ctx context.Context, refStr string, dgst digest.Digest) (
 	s.sched.Touch()
 	identity := identityLegacy
 	if r, ok := strings.CutPrefix(refStr, TOCRefPrefix); ok {
-		identity, refStr = identityTOC, r
+		identity, refStr = identityPseudoTOC, r
 	}
 	log := s.log.WithFields(logrus.Fields{"ref": refStr, "layer": dgst})
 	v, err := s.lookup(ctx, refStr, dgst, identity, log)
@@ -65,9 +67,12 @@ func (s *Store) lookup(ctx context.Context, refStr string, dgst digest.Digest, i
 	if refStr == "" {
 		// The store mounted without ":ref": only layers already known, and
 		// trusted (an index not verified serves its repository only).
-		l := s.knownLayer(dgst, "")
+		l := s.findLayer(dgst, "")
 		if l == nil {
 			return nil, fmt.Errorf("%w: unknown layer without an image reference", ErrNotServed)
+		}
+		if l.tocDigest == dgst && identity == identityLegacy {
+			identity = identityTOC
 		}
 		return l.newView(identity, nil)
 	}
@@ -81,28 +86,32 @@ func (s *Store) lookup(ctx context.Context, refStr string, dgst digest.Digest, i
 	if err != nil {
 		return nil, err
 	}
-	var desc remote.Layer
-	found := false
-	for _, d := range img.Layers {
-		if d.Digest == dgst {
-			desc, found = d, true
-			break
-		}
-	}
+	desc, byTOC, found := layerOf(img, dgst)
 	if !found {
-		return nil, fmt.Errorf("%w: %s is not a layer of %s", ErrNotServed, dgst, ref)
+		return nil, fmt.Errorf("%w: %s is neither a layer nor a layer's TOC digest of %s", ErrNotServed, dgst, ref)
+	}
+	if byTOC && identity == identityLegacy {
+		// containers/storage >= 1.54 asks by TOC digest.
+		identity = identityTOC
 	}
 	if desc.Size < int64(s.cfg.Index.MinLayerSize) {
 		return nil, fmt.Errorf("%w: layer of %d bytes is below index.min_layer_size", ErrNotServed, desc.Size)
 	}
-	if !servableMediaType(desc.MediaType) {
-		return nil, fmt.Errorf("%w: media type %s", ErrNotServed, desc.MediaType)
+	format, toc, err := formatOf(desc)
+	if err != nil {
+		return nil, err
 	}
 	blob, err := s.client.Blob(ref, desc.Digest, desc.Size)
 	if err != nil {
 		return nil, fmt.Errorf("layer blob: %w", err)
 	}
-	l, err := s.layerFor(ctx, ref, img, desc, blob, log)
+	var l *layer
+	switch format {
+	case formatEstargz, formatZstdChunked:
+		l, err = s.tocLayerFor(ctx, desc, format, toc, blob, log.WithField("format", format))
+	default:
+		l, err = s.layerFor(ctx, ref, img, desc, blob, log)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -115,14 +124,67 @@ func (s *Store) lookup(ctx context.Context, refStr string, dgst digest.Digest, i
 	return l.newView(identity, func(first, last int) { s.noteRead(rec, l, first, last) })
 }
 
+// layerOf finds the layer dgst names in img: its compressed digest, or
+// (byTOC) the TOC digest its descriptor's annotation gives.
+func layerOf(img *remote.Image, dgst digest.Digest) (desc remote.Layer, byTOC, found bool) {
+	for _, d := range img.Layers {
+		if d.Digest == dgst {
+			return d, false, true
+		}
+	}
+	for _, d := range img.Layers {
+		if _, toc, err := formatOf(d); err == nil && toc == dgst {
+			return d, true, true
+		}
+	}
+	return remote.Layer{}, false, false
+}
+
+// formatOf tells how a layer can be served: through the TOC it carries
+// (eStargz and zstd:chunked, whose descriptors carry its digest; the
+// annotations containers/storage's toc.GetTOCDigest reads), or through a
+// zTOC (gzip and uncompressed tar).
+func formatOf(d remote.Layer) (format string, toc digest.Digest, err error) {
+	e, isEstargz := d.Annotations[estargz.AnnotationTOCDigest]
+	z, isZstd := d.Annotations[zstdchunked.AnnotationTOCDigest]
+	switch {
+	case isEstargz && isZstd:
+		return "", "", fmt.Errorf("%w: the layer carries both an eStargz and a zstd:chunked TOC digest", ErrNotServed)
+	case isEstargz && gzipMediaType(d.MediaType):
+		format, toc = formatEstargz, digest.Digest(e)
+	case isZstd && d.MediaType == zstdchunked.MediaType:
+		format, toc = formatZstdChunked, digest.Digest(z)
+	case servableMediaType(d.MediaType):
+		if d.MediaType == ocispec.MediaTypeImageLayer || d.MediaType == "application/vnd.docker.image.rootfs.diff.tar" {
+			return formatTar, "", nil
+		}
+		return formatGzip, "", nil
+	default:
+		return "", "", fmt.Errorf("%w: media type %s", ErrNotServed, d.MediaType)
+	}
+	if err := toc.Validate(); err != nil || toc.Algorithm() != digest.SHA256 {
+		return "", "", fmt.Errorf("%w: %s TOC digest %q", ErrNotServed, format, toc)
+	}
+	return format, toc, nil
+}
+
 // servableMediaType reports whether layers of this media type can be
-// indexed: gzip and uncompressed tar (Docker and OCI spellings).
+// indexed by a zTOC: gzip and uncompressed tar (Docker and OCI spellings).
 func servableMediaType(mt string) bool {
+	switch mt {
+	case ocispec.MediaTypeImageLayer, "application/vnd.docker.image.rootfs.diff.tar":
+		return true
+	}
+	return gzipMediaType(mt)
+}
+
+// gzipMediaType reports whether mt is a gzip layer (Docker and OCI
+// spellings).
+func gzipMediaType(mt string) bool {
 	switch mt {
 	case ocispec.MediaTypeImageLayerGzip, ocispec.MediaTypeImageLayerNonDistributableGzip, //nolint:staticcheck // still seen in the wild
 		"application/vnd.docker.image.rootfs.diff.tar.gzip",
-		"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-		ocispec.MediaTypeImageLayer, "application/vnd.docker.image.rootfs.diff.tar":
+		"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip":
 		return true
 	}
 	return false
@@ -190,6 +252,27 @@ func (s *Store) knownLayer(dgst digest.Digest, scope string) *layer {
 		return nil
 	}
 	return s.layers[layerKey{dgst, scope}]
+}
+
+// findLayer returns the loaded layer a layer directory of the FUSE tree
+// names: by compressed digest (knownLayer), or a layer with its own TOC by
+// that TOC's digest (podman >= 5.1's lookups) or by its blob's (podman
+// 4.x's); nil when there is none. Good layers are preferred.
+func (s *Store) findLayer(dgst digest.Digest, scope string) *layer {
+	if l := s.knownLayer(dgst, scope); l != nil {
+		return l
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var found *layer
+	for k, l := range s.layers {
+		if l.tocDigest != "" && (l.tocDigest == dgst || k.digest == dgst) {
+			if found == nil || found.spans.Bad() != "" {
+				found = l
+			}
+		}
+	}
+	return found
 }
 
 // refScope returns the scope of a reference string as the FUSE tree passes
@@ -364,7 +447,8 @@ func (s *Store) openLayer(ctx context.Context, ref reference.Named, desc remote.
 		}
 		header = bufs[0]
 	}
-	return s.newLayer(layerParts{desc: desc, ztocDigest: zd, source: found.source, file: f, x: x, windows: ws, header: header}, log.WithField("ztoc", zd)), nil
+	idx := &ztocIndex{x: x, file: f, windows: ws, header: header}
+	return s.newLayer(layerParts{desc: desc, ztocDigest: zd, source: found.source, idx: idx, indexID: zd}, log.WithField("ztoc", zd)), nil
 }
 
 // windowsFor sets up where the windows of native zTOC x come from: the

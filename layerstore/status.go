@@ -73,6 +73,8 @@ func (s *Store) layerStatus(l *layer) control.LayerStatus {
 		Views:          l.views,
 		Verified:       l.verified.Load(),
 		IndexSource:    l.source,
+		Format:         l.idx.Format(),
+		TOCDigest:      l.tocDigest.String(),
 		Endpoint:       servedBy(l.blobs),
 		ReadsServed:    l.reads.Load(),
 		ReadErrors:     l.readErrors.Load(),

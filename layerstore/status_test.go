@@ -33,7 +33,7 @@ func TestStatusMoves(t *testing.T) {
 	}
 	wantLayer := control.LayerStatus{
 		Digest: l.digest.String(), Refs: []string{img.ref}, Size: int64(len(l.blob)),
-		Spans: z.openIndex(t).NumSpans(), Views: 1, Prefetch: "verified", Verified: true, IndexSource: "local",
+		Spans: z.openIndex(t).NumSpans(), Views: 1, Prefetch: "verified", Verified: true, IndexSource: "local", Format: "gzip",
 		Endpoint: named.Name(), // the lookup read the gzip header from the registry
 	}
 	if ls == nil {

@@ -310,14 +310,14 @@ func (s *Store) evicterOf() viewEvicter {
 
 // Use implements alsfs.Resolver.
 func (s *Store) Use(ref string, dgst digest.Digest) {
-	if l := s.knownLayer(dgst, refScope(ref)); l != nil {
+	if l := s.findLayer(dgst, refScope(ref)); l != nil {
 		l.use(s)
 	}
 }
 
 // Release implements alsfs.Resolver.
 func (s *Store) Release(ref string, dgst digest.Digest) {
-	if l := s.knownLayer(dgst, refScope(ref)); l != nil {
+	if l := s.findLayer(dgst, refScope(ref)); l != nil {
 		l.release(s)
 	}
 }
@@ -326,6 +326,9 @@ func (s *Store) Release(ref string, dgst digest.Digest) {
 // mapping becomes the layer's for every image (and is shared when
 // artifacts.share allows), and the layer serves every repository.
 func (s *Store) promote(l *layer) {
+	if l.ztocDigest == "" {
+		return // a layer with its own TOC: nothing to record or share
+	}
 	key := artifact.LayerKey(l.digest, int64(s.cfg.Index.SpanSize))
 	if err := s.local.WriteRef(s.ctx, artifact.LayerRef, key, l.ztocDigest); err != nil {
 		l.log.WithError(err).Warn("Recording the verified index")
@@ -378,9 +381,8 @@ func (l *layer) use(s *Store) {
 	l.mu.Unlock()
 	if first {
 		s.spans.Pin(l.group)
-		s.local.Pin(l.ztocDigest)
-		if wd, _, ok := l.x.NativeWindows(); ok {
-			s.local.Pin(wd)
+		for _, d := range l.artifacts() {
+			s.local.Pin(d)
 		}
 	}
 }
@@ -399,11 +401,25 @@ func (l *layer) release(s *Store) {
 	l.mu.Unlock()
 	if last {
 		s.spans.Unpin(l.group)
-		s.local.Unpin(l.ztocDigest)
-		if wd, _, ok := l.x.NativeWindows(); ok {
-			s.local.Unpin(wd)
+		for _, d := range l.artifacts() {
+			s.local.Unpin(d)
 		}
 	}
+}
+
+// artifacts are the artifacts the layer's index is made of in the local
+// store (kept from eviction while the host uses the layer): a zTOC and the
+// windows of a native one; none for a layer with its own TOC.
+func (l *layer) artifacts() []digest.Digest {
+	z, ok := l.idx.(*ztocIndex)
+	if !ok {
+		return nil
+	}
+	out := []digest.Digest{l.ztocDigest}
+	if wd, _, ok := z.x.NativeWindows(); ok {
+		out = append(out, wd)
+	}
+	return out
 }
 
 // newView returns the layer as seen through one reference, counting a view
@@ -441,7 +457,7 @@ func (l *layer) idleFor(now time.Time) time.Duration {
 	return now.Sub(l.idleSince)
 }
 
-// close stops the layer's span manager and closes its zTOC.
+// close stops the layer's span manager and closes its index.
 func (l *layer) close() {
 	l.mu.Lock()
 	if l.closed {
@@ -451,10 +467,7 @@ func (l *layer) close() {
 	l.closed = true
 	l.mu.Unlock()
 	l.spans.Close()
-	l.file.Close()
-	if l.windows != nil && l.windows.local != nil {
-		l.windows.local.Close()
-	}
+	_ = l.idx.Close()
 }
 
 // markBad takes a layer out of service: every later read fails with EIO,
@@ -474,12 +487,17 @@ func (s *Store) markBad(l *layer, reason string) {
 	if err := s.spans.RemoveGroup(l.group); err != nil {
 		l.log.WithError(err).Warn("Dropping cached spans")
 	}
-	s.forgetZtoc(l.digest, l.ztocDigest)
+	if l.ztocDigest != "" {
+		s.forgetZtoc(l.digest, l.ztocDigest)
+	}
 	// Not from here: markBad may run inside a FUSE read, and the FUSE tree
 	// must not notify the kernel from a request handler.
 	s.background(func(context.Context) {
 		if e := s.evicterOf(); e != nil {
 			e.EvictLayer(l.digest)
+			if l.tocDigest != "" {
+				e.EvictLayer(l.tocDigest) // the directories podman 5 looked up
+			}
 		}
 	})
 }
@@ -570,7 +588,7 @@ func servedBy(blobs []blobSource) string {
 	return ""
 }
 
-// newLayer assembles a layer around an opened zTOC, with its span manager.
+// newLayer assembles a layer around an opened index, with its span manager.
 func (s *Store) newLayer(p layerParts, log *logrus.Entry) *layer {
 	l := &layer{
 		digest:     p.desc.Digest,
@@ -578,22 +596,24 @@ func (s *Store) newLayer(p layerParts, log *logrus.Entry) *layer {
 		mediaType:  p.desc.MediaType,
 		diffID:     p.desc.DiffID,
 		ztocDigest: p.ztocDigest,
+		tocDigest:  p.tocDigest,
 		source:     p.source,
-		x:          p.x,
-		file:       p.file,
-		windows:    p.windows,
-		group:      spanGroup(p.desc.Digest, p.ztocDigest),
-		header:     p.header,
+		idx:        p.idx,
+		indexID:    p.indexID,
+		group:      spanGroup(p.desc.Digest, p.indexID),
 		mounted:    time.Now(),
 		log:        log,
 		metrics:    s.metrics,
 		cache:      s.spans,
 		backing:    s.backing,
-		checks:     ztoc.NewHeaderChecks(len(p.x.Entries())),
+	}
+	if _, ok := p.idx.(*ztocIndex); ok {
+		l.checks = ztoc.NewHeaderChecks(len(p.idx.Entries()))
 	}
 	l.onBad = func(reason string) { s.markBad(l, reason) }
+	l.verifyNow = func(ctx context.Context) error { return s.verifyLayerAt(ctx, l, spans.Demand) }
 	l.spans = spans.New(spans.Options{
-		Layout:    ztocLayout{x: p.x, ws: p.windows},
+		Layout:    p.idx.Layout(),
 		Sources:   l.sources,
 		Cache:     s.spans,
 		Group:     l.group,

@@ -2,33 +2,39 @@ package layerstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 
-	"github.com/sirupsen/logrus"
-
 	"github.com/lazypull/lazypull/layerstore/spans"
-	"github.com/lazypull/lazypull/ztoc"
 )
 
 // verifyLayer checks a layer as a whole: it streams the compressed blob
-// (header, then every span without the byte adjacent spans share; spans
-// not here are fetched in order at Verify priority) through ztoc's Verify,
-// which checks the blob's digest and size, the DiffID from the image
-// config, every checkpoint (in, out, bits, window) against the real deflate
-// stream and every entry against its own tar header. A mismatch marks the
-// layer bad. It returns nil once the layer is verified.
+// (prefix, then every span without the byte adjacent spans share; spans
+// not here are fetched in order, at Verify priority) through the index's
+// VerifyLayer: for a zTOC ztoc's Verify (the blob's digest and size, the
+// DiffID, every checkpoint against the real deflate stream, every entry
+// against its own tar header); for a layer with its own TOC tocindex's
+// (digest, size, DiffID, every tar header against the TOC, every chunk's
+// place in the tar stream). A mismatch marks the layer bad. It returns nil
+// once the layer is verified.
 func (s *Store) verifyLayer(ctx context.Context, l *layer) error {
+	return s.verifyLayerAt(ctx, l, spans.Verify)
+}
+
+// verifyLayerAt is verifyLayer fetching at priority p (Demand when the host
+// waits for the layer's blob).
+func (s *Store) verifyLayerAt(ctx context.Context, l *layer, p spans.Priority) error {
 	if l.verified.Load() {
 		return nil
 	}
 	if err := l.badErr(); err != nil {
 		return err
 	}
-	stream := &layerStream{l: l, ctx: ctx, batch: int64(s.cfg.Prefetch.BatchSize)}
-	res, err := l.x.Verify(ctx, stream, ztoc.VerifyOptions{Digest: l.digest, DiffID: l.diffID})
+	stream := &layerStream{l: l, ctx: ctx, batch: int64(s.cfg.Prefetch.BatchSize), prio: p}
+	found, err := l.idx.VerifyLayer(ctx, stream, l.digest, l.diffID)
 	if err != nil {
-		if ctx.Err() != nil || stream.err != nil {
+		if ctx.Err() != nil || stream.err != nil || !errors.Is(err, errVerifyMismatch) {
 			return err // not the layer's fault: fetching failed
 		}
 		reason := fmt.Sprintf("whole-layer verification: %v", err)
@@ -38,7 +44,7 @@ func (s *Store) verifyLayer(ctx context.Context, l *layer) error {
 	l.verified.Store(true)
 	s.promote(l)
 	s.metrics.verified.WithLabelValues("ok").Inc()
-	l.log.WithFields(logrus.Fields{"diff_id": res.DiffID}).Info("Layer verified: digest, DiffID, every checkpoint and every tar header match")
+	l.log.WithField("format", l.idx.Format()).Info("Layer verified: " + found)
 	return nil
 }
 
@@ -48,6 +54,7 @@ type layerStream struct {
 	l     *layer
 	ctx   context.Context
 	batch int64 // compressed bytes fetched at once
+	prio  spans.Priority
 	next  int
 	pos   int64 // compressed offset of the next byte to return
 	buf   []byte
@@ -59,8 +66,8 @@ type layerStream struct {
 func (r *layerStream) Read(p []byte) (int, error) {
 	if !r.hdr {
 		r.hdr = true
-		r.buf = r.l.header
-		r.pos = int64(len(r.l.header))
+		r.buf = r.l.idx.Prefix()
+		r.pos = int64(len(r.buf))
 	}
 	m := r.l.spans
 	for len(r.buf) == 0 {
@@ -74,17 +81,17 @@ func (r *layerStream) Read(p []byte) (int, error) {
 				last++
 				size += spanLen(r.l, last)
 			}
-			if err := m.Fetch(r.ctx, r.next, last, spans.Verify); err != nil {
+			if err := m.Fetch(r.ctx, r.next, last, r.prio); err != nil {
 				r.err = err
 				return 0, err
 			}
 		}
-		data, err := m.Compressed(r.ctx, r.next, r.next, spans.Verify)
+		data, err := m.Compressed(r.ctx, r.next, r.next, r.prio)
 		if err != nil {
 			r.err = err
 			return 0, err
 		}
-		s0, s1 := r.l.x.SpanCompressedRange(ztoc.SpanID(r.next))
+		s0, s1 := r.l.idx.Layout().CompressedRange(r.next)
 		if s0 > r.pos || s1 < r.pos {
 			return 0, fmt.Errorf("span %d [%d, %d) does not continue the stream at %d", r.next, s0, s1, r.pos)
 		}

@@ -101,6 +101,20 @@ const (
 // DefaultLimits returns the default limits with every field set.
 func DefaultLimits() Limits { return Limits{}.withDefaults() }
 
+// WithDefaults returns l with every unset field set to its default and every
+// field capped at the format's ceiling (what this package applies). Other
+// format packages (estargz, zstdchunked) bound their input with the same
+// limits.
+func (l Limits) WithDefaults() Limits { return l.withDefaults() }
+
+// CheckEntry checks one entry's strings and PAX records against l (defaults
+// filled in): name and link lengths, PAX record count and size, xattr names
+// and values. The error names the problem, not the entry.
+func (l Limits) CheckEntry(m *FileMetadata) error {
+	l = l.withDefaults()
+	return l.checkEntry(m)
+}
+
 // withDefaults returns l with every unset field set to its default and
 // every field capped at the format's ceiling.
 func (l Limits) withDefaults() Limits {

@@ -23,7 +23,10 @@ func newIndexCommand(g *globalFlags) *cobra.Command {
 builder, stores the zTOCs and a SOCI v1 index in the local artifact store (under
 root_dir, where "lazypull serve" finds them), and with --push pushes them to the
 image's repository as a referrer of the image manifest, so that every machine
-pulling the image finds the index.`,
+pulling the image finds the index.
+
+eStargz and zstd:chunked layers carry their own TOC and are served without a
+zTOC: the command names their format and indexes nothing for them.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := loadConfig(g)
@@ -42,6 +45,15 @@ pulling the image finds the index.`,
 			prog.wait()
 			if err != nil {
 				return err
+			}
+			for _, f := range res.Formats {
+				if !f.NeedsIndex {
+					fmt.Printf("%s: %s layer, %s\n", shortDigest(f.Layer.Digest.String()), f.Format, f.Note)
+				}
+			}
+			if res.IndexDigest == "" {
+				fmt.Printf("%s: no layer needs a zTOC; nothing indexed\n", args[0])
+				return nil
 			}
 			fmt.Printf("%s: SOCI index %s with %d zTOCs", args[0], res.IndexDigest, len(res.Layers))
 			if res.Pushed {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"text/tabwriter"
 
 	"github.com/docker/go-units"
@@ -61,8 +62,9 @@ func printStatus(w io.Writer, st *control.Status) {
 		fmt.Fprintln(w, "no layers served yet")
 		return
 	}
+	printFormats(w, st.Layers)
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "LAYER\tSIZE\tCACHED\tFETCHED\tIN USE\tINDEX\tPREFETCH\tVERIFIED\tFROM\tREFS")
+	fmt.Fprintln(tw, "LAYER\tFORMAT\tSIZE\tCACHED\tFETCHED\tIN USE\tINDEX\tPREFETCH\tVERIFIED\tFROM\tREFS")
 	for _, l := range st.Layers {
 		verified := fmt.Sprint(l.Verified)
 		if l.Bad != "" {
@@ -72,10 +74,46 @@ func printStatus(w io.Writer, st *control.Status) {
 		if from == "" {
 			from = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%d\t%s\t%s\t%s\t%s\t%v\n", shortDigest(l.Digest), size(l.Size), l.SpansCached, l.Spans,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%d\t%s\t%s\t%s\t%s\t%v\n", shortDigest(l.Digest), l.Format, size(l.Size), l.SpansCached, l.Spans,
 			size(l.BytesFetched), l.InUse, l.IndexSource, l.Prefetch, verified, from, l.Refs)
 	}
 	tw.Flush()
+}
+
+// printFormats sums the layers up by format: how many, their size, what was
+// fetched of them, how many are verified.
+func printFormats(w io.Writer, layers []control.LayerStatus) {
+	type sum struct {
+		n, verified, bad int
+		size, fetched    int64
+	}
+	sums := map[string]*sum{}
+	var names []string
+	for _, l := range layers {
+		f := l.Format
+		if f == "" {
+			f = "unknown"
+		}
+		if sums[f] == nil {
+			sums[f] = &sum{}
+			names = append(names, f)
+		}
+		s := sums[f]
+		s.n++
+		s.size += l.Size
+		s.fetched += l.BytesFetched
+		if l.Verified {
+			s.verified++
+		}
+		if l.Bad != "" {
+			s.bad++
+		}
+	}
+	sort.Strings(names)
+	for _, f := range names {
+		s := sums[f]
+		fmt.Fprintf(w, "format %s: %d layers, %s, %s fetched, %d verified, %d bad\n", f, s.n, size(s.size), size(s.fetched), s.verified, s.bad)
+	}
 }
 
 func shortDigest(d string) string {

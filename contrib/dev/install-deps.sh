@@ -9,7 +9,7 @@ profile=${1:-test}
 
 run_pkgs=(fuse3 ca-certificates)
 test_pkgs=(fuse3 ca-certificates podman runc uidmap docker-registry buildah skopeo busybox-static
-	zlib1g-dev gcc make git iproute2 procps util-linux psmisc)
+	zlib1g-dev gcc make git iproute2 procps util-linux psmisc debootstrap)
 
 case "$profile" in
 run) want=("${run_pkgs[@]}") ;;

@@ -87,8 +87,10 @@ type LayerStatus struct {
 	Prefetch       string   `json:"prefetch"` // "off", "waiting", "running", "done", "failed: ..."
 	Verified       bool     `json:"verified"`
 	Bad            string   `json:"bad,omitempty"` // why the layer was marked bad
-	IndexSource    string   `json:"index_source"`  // "local", "shared", "registry", "built"
-	Endpoint       string   `json:"endpoint"`      // repository (at a mirror or the origin) that served the last read
+	IndexSource    string   `json:"index_source"`  // "local", "shared", "registry", "built" (zTOC), "toc" (the layer's own)
+	Format         string   `json:"format"`        // "gzip", "tar" (through a zTOC), "estargz", "zstd:chunked" (through their own TOC)
+	TOCDigest      string   `json:"toc_digest,omitempty"`
+	Endpoint       string   `json:"endpoint"` // repository (at a mirror or the origin) that served the last read
 	ReadsServed    int64    `json:"reads"`
 	ReadErrors     int64    `json:"read_errors"`
 	FirstMountedAt string   `json:"mounted_at"`

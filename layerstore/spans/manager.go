@@ -22,6 +22,13 @@ import (
 // whole-layer verification).
 var ErrLayerBad = errors.New("layer failed verification")
 
+// ErrSpanCorrupt is wrapped by Layout.Inflate errors meaning that the
+// compressed bytes, though they passed Verify, are not the span (a digest
+// the index keeps of the uncompressed data does not match, or they do not
+// decompress). The Manager then fetches the span once more; a second such
+// error makes the layer bad. Nothing of a span that fails is served.
+var ErrSpanCorrupt = errors.New("span does not inflate to what the index says")
+
 // Layout is the span geometry of one layer and what checks and inflates its
 // spans. Span ids run from 0 to NumSpans()-1; uncompressed ranges tile the
 // layer's uncompressed stream in order.
@@ -34,11 +41,14 @@ type Layout interface {
 	UncompressedRange(id int) (start, end int64)
 	// SpanOf returns the span holding uncompressed offset off.
 	SpanOf(off int64) int
-	// Verify checks span id's compressed bytes (length and digest); an
-	// error means they are not the span.
+	// Verify checks span id's compressed bytes (length and digest, or
+	// what the format can check of them cheaply); an error means they are
+	// not the span.
 	Verify(id int, compressed []byte) error
 	// Inflate returns span id's uncompressed bytes from its verified
-	// compressed bytes, in dst when it has room.
+	// compressed bytes, in dst when it has room. An error wrapping
+	// ErrSpanCorrupt means the bytes are not the span (formats whose
+	// digests cover uncompressed data check them here, not in Verify).
 	Inflate(id int, compressed, dst []byte) ([]byte, error)
 }
 
@@ -87,6 +97,9 @@ type Stats struct {
 	Inflations, DiskReads int64
 	// BadCached counts cached spans that failed verification (dropped).
 	BadCached int64
+	// Corrupt counts spans whose bytes passed Verify but did not inflate
+	// to what the index says (fetched again).
+	Corrupt int64
 }
 
 // Manager owns the spans of one layer. Safe for concurrent use.
@@ -100,7 +113,7 @@ type Manager struct {
 
 	bad   atomic.Pointer[string]
 	stats struct {
-		fetchedBytes, fetchedSpans, inflations, diskReads, badCached atomic.Int64
+		fetchedBytes, fetchedSpans, inflations, diskReads, badCached, corrupt atomic.Int64
 	}
 
 	mu    sync.Mutex // guards spans and closed
@@ -115,8 +128,10 @@ type span struct {
 	job  *job       // fetching: the fetch in flight
 	inf  *inflation // the inflation in flight
 	comp []byte     // fetched, verified, being committed
-	unc  []byte     // inflated, being committed
-	hot  bool       // read on demand
+	// landed is the job whose bytes comp are, until they are committed.
+	landed *job
+	unc    []byte // inflated, being committed
+	hot    bool   // read on demand
 	// uncChecked is set once the inflated span on disk was checked
 	// against its digest (by this Manager).
 	uncChecked bool
@@ -221,6 +236,7 @@ func (m *Manager) Stats() Stats {
 		Inflations:   m.stats.inflations.Load(),
 		DiskReads:    m.stats.diskReads.Load(),
 		BadCached:    m.stats.badCached.Load(),
+		Corrupt:      m.stats.corrupt.Load(),
 	}
 }
 
@@ -617,6 +633,7 @@ func (m *Manager) run(j *job) {
 		sp.job = nil
 		if j.errs[id-j.first] == nil {
 			sp.comp = j.data[id-j.first]
+			sp.landed = j
 		}
 	})
 	m.mu.Unlock()
@@ -636,6 +653,9 @@ func (m *Manager) run(j *job) {
 		m.mu.Lock()
 		if sp := &m.spans[id]; sameBytes(sp.comp, data) {
 			sp.comp = nil
+		}
+		if sp := &m.spans[id]; sp.landed == j {
+			sp.landed = nil
 		}
 		m.mu.Unlock()
 	})
@@ -702,13 +722,7 @@ func (m *Manager) refetch(ctx context.Context, id int) ([]byte, error) {
 	}
 	if err := m.o.Layout.Verify(id, bufs[0]); err != nil {
 		reason := fmt.Sprintf("span %d from the registry does not match its digest twice", id)
-		if m.MarkBad(reason) && m.o.OnBad != nil {
-			m.wg.Add(1)
-			go func() {
-				defer m.wg.Done()
-				m.o.OnBad(reason)
-			}()
-		}
+		m.markBadAsync(reason)
 		return nil, fmt.Errorf("%w: %s: %w", ErrLayerBad, reason, err)
 	}
 	return bufs[0], nil

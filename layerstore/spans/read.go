@@ -176,6 +176,22 @@ func (m *Manager) inflate(id int, inf *inflation) {
 		}
 		u0, u1 := m.o.Layout.UncompressedRange(id)
 		data, err = m.o.Layout.Inflate(id, comp, make([]byte, u1-u0))
+		if errors.Is(err, ErrSpanCorrupt) {
+			// Bytes that passed Verify but are not the span: a transfer
+			// problem, a damaged cache entry or a mirror's bad copy. Once
+			// more from the registry; twice is the layer's fault.
+			m.stats.corrupt.Add(1)
+			m.o.Log.WithError(err).WithField("span", id).Warn("Span does not inflate to what the index says; fetching it again")
+			if comp, err = m.fetchAgain(id); err != nil {
+				return fmt.Errorf("inflate span %d: %w", id, err)
+			}
+			data, err = m.o.Layout.Inflate(id, comp, make([]byte, u1-u0))
+			if errors.Is(err, ErrSpanCorrupt) {
+				reason := fmt.Sprintf("span %d from the registry does not inflate to what the index says twice", id)
+				m.markBadAsync(reason)
+				return fmt.Errorf("%w: %s: %w", ErrLayerBad, reason, err)
+			}
+		}
 		if err == nil && int64(len(data)) != u1-u0 {
 			err = fmt.Errorf("span %d inflated to %d bytes, want %d", id, len(data), u1-u0)
 		}
@@ -306,4 +322,86 @@ func (m *Manager) Compressed(ctx context.Context, first, last int, p Priority) (
 		out = append(out, data)
 	}
 	return out, nil
+}
+
+// fetchAgain drops span id's compressed bytes (memory and disk) and fetches
+// them afresh at Demand priority, leaving out a mirror that served the last
+// read; it returns the new bytes (which passed Verify), never the cached
+// ones.
+func (m *Manager) fetchAgain(id int) ([]byte, error) {
+	// Bytes still being written to disk by the job that fetched them are
+	// waited for, so that they cannot land after the good ones.
+	m.mu.Lock()
+	landed := m.spans[id].landed
+	m.mu.Unlock()
+	if landed != nil {
+		select {
+		case <-landed.committed:
+		case <-m.ctx.Done():
+			return nil, m.ctx.Err()
+		}
+	}
+	_ = m.o.Cache.Remove(m.compKey(id))
+	for _, src := range m.o.Sources() {
+		if r, ok := src.(interface{ RejectLastRead() }); ok {
+			r.RejectLastRead()
+		}
+	}
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil, fmt.Errorf("spans: %w", context.Canceled)
+	}
+	sp := &m.spans[id]
+	sp.comp = nil
+	j := sp.job
+	if j == nil {
+		j = m.newJobLocked([]run{{id, id}}, Demand)
+	}
+	m.mu.Unlock()
+	select {
+	case <-j.done:
+	case <-m.ctx.Done():
+		return nil, m.ctx.Err()
+	}
+	if err := j.err(id); err != nil {
+		return nil, err
+	}
+	return j.data[id-j.first], nil
+}
+
+// markBadAsync takes the layer out of service and tells OnBad, on a
+// goroutine of the Manager.
+func (m *Manager) markBadAsync(reason string) {
+	if m.MarkBad(reason) && m.o.OnBad != nil {
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			m.o.OnBad(reason)
+		}()
+	}
+}
+
+// Seed stores span id's compressed bytes that the caller read and checked
+// already (an index's trailer read when the layer was opened), unless the
+// span is here or being fetched. They are verified like fetched bytes; a
+// full cache is not an error.
+func (m *Manager) Seed(id int, data []byte) error {
+	if id < 0 || id >= m.n {
+		return fmt.Errorf("span %d out of range (%d spans)", id, m.n)
+	}
+	if err := m.o.Layout.Verify(id, data); err != nil {
+		return fmt.Errorf("seed span %d: %w", id, err)
+	}
+	m.mu.Lock()
+	skip := m.closed || m.spans[id].job != nil || m.presentLocked(id)
+	m.mu.Unlock()
+	if skip {
+		return nil
+	}
+	if err := m.o.Cache.Put(m.compKey(id), data); err != nil && !errors.Is(err, diskcache.ErrFull) {
+		return err
+	}
+	m.dropIfBad(m.compKey(id))
+	return nil
 }

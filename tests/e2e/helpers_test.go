@@ -23,7 +23,7 @@ import (
 )
 
 // cachedImage returns a generated image from the shared image cache.
-func cachedImage(t *testing.T, o imagegen.Options) *imagegen.Image {
+func cachedImage(t testing.TB, o imagegen.Options) *imagegen.Image {
 	t.Helper()
 	img, err := imagegen.Cached(imagegen.CacheDir(), o)
 	if err != nil {
@@ -33,7 +33,7 @@ func cachedImage(t *testing.T, o imagegen.Options) *imagegen.Image {
 }
 
 // push pushes img into reg as repo:tag and returns the reference.
-func push(t *testing.T, reg *testenv.Registry, img *imagegen.Image, repo, tag string) string {
+func push(t testing.TB, reg *testenv.Registry, img *imagegen.Image, repo, tag string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -57,7 +57,7 @@ func indexedLayers(img *imagegen.Image, min int64) []imagegen.Layer {
 
 // runLazypull runs the lazypull binary with a configuration of its own
 // (e.g. `lazypull index` from another "machine").
-func runLazypull(t *testing.T, cfg map[string]any, args ...string) string {
+func runLazypull(t testing.TB, cfg map[string]any, args ...string) string {
 	t.Helper()
 	dir := t.TempDir()
 	if _, ok := cfg["root_dir"]; !ok {
@@ -81,7 +81,7 @@ func runLazypull(t *testing.T, cfg map[string]any, args ...string) string {
 
 // alsDiffLinks returns, for podman's store under root, the layer diff
 // directories that are symlinks into the lazypull mount.
-func alsDiffLinks(t *testing.T, root, mount string) []string {
+func alsDiffLinks(t testing.TB, root, mount string) []string {
 	t.Helper()
 	diffs, err := filepath.Glob(filepath.Join(root, "overlay", "*", "diff"))
 	if err != nil {
@@ -121,7 +121,7 @@ func regularFiles(tree fstree.Tree, prefix string, n int, big bool) []string {
 
 // checkFilesInContainer runs sha256sum over paths in a container of image
 // and compares with the expected tree.
-func checkFilesInContainer(t *testing.T, p *testenv.Podman, image string, want fstree.Tree, paths []string) {
+func checkFilesInContainer(t testing.TB, p *testenv.Podman, image string, want fstree.Tree, paths []string) {
 	t.Helper()
 	args := []string{"/bin/sha256sum"}
 	for _, path := range paths {
@@ -147,7 +147,7 @@ func checkFilesInContainer(t *testing.T, p *testenv.Podman, image string, want f
 // compareTrees snapshots the lazily pulled image's rootfs and compares it
 // with want (every path, type, mode, owner, size, mtime, xattr, link target
 // and file sha256).
-func compareTrees(t *testing.T, p *testenv.Podman, image string, want fstree.Tree, what string) {
+func compareTrees(t testing.TB, p *testenv.Podman, image string, want fstree.Tree, what string) {
 	t.Helper()
 	mnt, err := p.ImageMount(image)
 	if err != nil {

@@ -50,6 +50,13 @@ type PodmanOptions struct {
 	// Timeout bounds each command; default 5 minutes (and never past the
 	// test's deadline).
 	Timeout time.Duration
+	// StorageDriver is storage.conf's driver; default "overlay". A podman
+	// built with lazypull's plugin uses "lazypull".
+	StorageDriver string
+	// Chroot, when set, runs Binary inside it (stock podman 5 of Debian
+	// trixie): Dir and the run root are then made under Chroot.Shared, and
+	// ImageMount returns host paths.
+	Chroot *Chroot
 }
 
 // Podman runs stock podman with storage, run state, configuration
@@ -68,6 +75,8 @@ type Podman struct {
 	ShortDir string
 
 	binary      string
+	chroot      *Chroot
+	driver      string
 	env         []string
 	storageOpts []string
 	timeout     time.Duration
@@ -82,6 +91,9 @@ type Podman struct {
 // the test when not root or podman is missing.
 func NewPodman(t testing.TB, opts PodmanOptions) *Podman {
 	t.Helper()
+	if opts.Dir == "" && opts.Chroot != nil {
+		opts.Dir = opts.Chroot.SharedDir(t, "podman") // removed with the Chroot, after Cleanup below
+	}
 	if opts.Dir == "" {
 		opts.Dir = t.TempDir() // registered before Cleanup below, so removed after it
 	}
@@ -115,13 +127,25 @@ func NewPodmanHarness(opts PodmanOptions) (*Podman, error) {
 	if os.Geteuid() != 0 {
 		return nil, fmt.Errorf("%w: needs root (rootful podman with its own storage)", ErrNoPodman)
 	}
-	if _, err := exec.LookPath(binary); err != nil {
-		return nil, fmt.Errorf("%w: %w (apt-get install podman runc)", ErrNoPodman, err)
+	if c := opts.Chroot; c != nil {
+		for _, b := range []string{binary, "/usr/bin/runc"} {
+			if _, err := os.Stat(c.HostPath(b)); err != nil {
+				return nil, fmt.Errorf("%w: %s in %s: %w", ErrNoPodman, b, c, err)
+			}
+		}
+	} else {
+		if _, err := exec.LookPath(binary); err != nil {
+			return nil, fmt.Errorf("%w: %w (apt-get install podman runc)", ErrNoPodman, err)
+		}
+		if _, err := exec.LookPath("runc"); err != nil {
+			return nil, fmt.Errorf("%w: %w (apt-get install runc)", ErrNoPodman, err)
+		}
 	}
-	if _, err := exec.LookPath("runc"); err != nil {
-		return nil, fmt.Errorf("%w: %w (apt-get install runc)", ErrNoPodman, err)
+	p := &Podman{Dir: opts.Dir, binary: binary, chroot: opts.Chroot, driver: opts.StorageDriver,
+		storageOpts: opts.StorageOpts, timeout: opts.Timeout}
+	if p.driver == "" {
+		p.driver = "overlay"
 	}
-	p := &Podman{Dir: opts.Dir, binary: binary, storageOpts: opts.StorageOpts, timeout: opts.Timeout}
 	if p.Dir == "" {
 		dir, err := os.MkdirTemp("", "lazypull-podman-")
 		if err != nil {
@@ -132,7 +156,11 @@ func NewPodmanHarness(opts PodmanOptions) (*Podman, error) {
 	if p.timeout == 0 {
 		p.timeout = 5 * time.Minute
 	}
-	short, err := os.MkdirTemp("", "lzp-")
+	shortParent := ""
+	if p.chroot != nil {
+		shortParent = p.chroot.Shared
+	}
+	short, err := os.MkdirTemp(shortParent, "lzp-")
 	if err != nil {
 		return nil, fmt.Errorf("testenv: %w", err)
 	}
@@ -178,7 +206,7 @@ network_config_dir = %q
 	for _, r := range insecure {
 		fmt.Fprintf(&reg, "\n[[registry]]\nlocation = %q\ninsecure = true\n", r)
 	}
-	storage := fmt.Sprintf("[storage]\ndriver = \"overlay\"\ngraphroot = %q\nrunroot = %q\n", p.Root, p.RunRoot)
+	storage := fmt.Sprintf("[storage]\ndriver = %q\ngraphroot = %q\nrunroot = %q\n", p.driver, p.Root, p.RunRoot)
 	for name, content := range map[string]string{
 		"containers.conf": containers, "registries.conf": reg.String(), "storage.conf": storage,
 	} {
@@ -222,7 +250,11 @@ func (p *Podman) Command(ctx context.Context, args ...string) *exec.Cmd {
 	for _, o := range p.storageOpts {
 		global = append(global, "--storage-opt", o)
 	}
-	cmd := exec.CommandContext(ctx, p.binary, append(global, args...)...)
+	name, argv := p.binary, append(global, args...)
+	if p.chroot != nil {
+		name, argv = p.chroot.Command(p.binary, argv...)
+	}
+	cmd := exec.CommandContext(ctx, name, argv...)
 	cmd.Env = p.env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.WaitDelay = 10 * time.Second
@@ -259,6 +291,9 @@ func (p *Podman) ImageMount(image string) (string, error) {
 	if dir == "" {
 		return "", fmt.Errorf("%w: image mount %s printed no path", ErrPodman, image)
 	}
+	if p.chroot != nil {
+		dir = p.chroot.HostPath(dir)
+	}
 	return dir, nil
 }
 
@@ -288,6 +323,11 @@ func (p *Podman) Cleanup() error {
 	for _, d := range []string{p.Dir, p.ShortDir} {
 		if err := unmountBelow(d); err != nil {
 			errs = append(errs, err)
+		}
+		if p.chroot != nil {
+			if err := unmountBelow(p.chroot.HostPath(d)); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	if err := os.RemoveAll(p.ShortDir); err != nil {

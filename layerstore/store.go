@@ -124,25 +124,31 @@ func New(cfg config.Config, opts Options) (*Store, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	lock, err := lockRootDir(cfg.RootDir)
+	if err != nil {
+		return nil, err
+	}
+	s, err := newLocked(cfg, opts, lock)
+	if err != nil {
+		lock.release()
+		return nil, err
+	}
+	return s, nil
+}
+
+// newLocked is New once root_dir is locked (by the caller, who releases
+// the lock when this fails).
+func newLocked(cfg config.Config, opts Options, lock *rootLock) (*Store, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	if opts.Log == nil {
 		opts.Log = logrus.NewEntry(logrus.StandardLogger())
 	}
 	if opts.Auth == nil {
 		opts.Auth = remote.AnonymousAuthFunc
 	}
-	if err := os.MkdirAll(cfg.RootDir, 0o700); err != nil {
-		return nil, fmt.Errorf("root_dir: %w", err)
-	}
-	lock, err := lockRootDir(cfg.RootDir)
-	if err != nil {
-		return nil, err
-	}
-	s, err := open(cfg, opts, lock)
-	if err != nil {
-		lock.release()
-		return nil, err
-	}
-	return s, nil
+	return open(cfg, opts, lock)
 }
 
 // open opens the store's state once root_dir is locked.

@@ -26,6 +26,7 @@ type filesystem struct {
 	resolver Resolver
 	opts     Options
 	created  time.Time // mtime of the root and of ref directories
+	owner    owner     // of the directories and files made up
 
 	// ctx is canceled on unmount; it bounds every Resolver.Lookup.
 	ctx    context.Context
@@ -81,6 +82,7 @@ type layerView struct {
 	key     viewKey
 	ino     uint64
 	created time.Time
+	owner   owner
 	layer   Layer
 	*layerData
 
@@ -111,6 +113,7 @@ func newFilesystem(r Resolver, opts Options) *filesystem {
 		resolver: r,
 		opts:     opts.withDefaults(),
 		created:  time.Now(),
+		owner:    processOwner(),
 		ctx:      ctx,
 		cancel:   cancel,
 		refs:     make(map[string]uint64),
@@ -220,6 +223,7 @@ func (f *filesystem) resolve(key viewKey, call *resolveCall) {
 			key:        key,
 			ino:        f.allocIno(diffInoOffset + uint64(len(data.tree.inodes))),
 			created:    time.Now(),
+			owner:      f.owner,
 			layer:      layer,
 			layerData:  data,
 			lastLookup: time.Now(),

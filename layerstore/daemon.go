@@ -101,6 +101,7 @@ func openWithPodmanAuth(cfg config.Config, version string, log *logrus.Entry, lo
 			return auth.HandoverAll(in)
 		},
 		HasCredentials: auth.HasCredentials,
+		CredentialID:   auth.CredentialID,
 		OnClose:        auth.Close,
 	}, lock)
 	if err != nil {

@@ -47,6 +47,12 @@ type Options struct {
 	// HasCredentials reports whether the daemon reads ref's image with
 	// credentials (not a public image); nil means never.
 	HasCredentials func(ref reference.Named) bool
+	// CredentialID identifies, without revealing it, the credential ref is
+	// read with right now (authbridge.Manager.CredentialID). A resolved
+	// image, and a layer directory served for it, are reused only under the
+	// same ID: after a logout or a login as someone else, access is proved
+	// again with the registry. nil: anonymous access only, never changes.
+	CredentialID func(ref reference.Named) (string, error)
 }
 
 // Lifetimes of what the daemon keeps in memory (not configuration).
@@ -69,6 +75,9 @@ type viewEvicter interface {
 	EvictLayer(d digest.Digest) int
 	// EvictIdle drops layer directories not looked up for idle.
 	EvictIdle(idle time.Duration) int
+	// EvictRefs drops every layer directory under the image references
+	// match accepts.
+	EvictRefs(match func(ref string) bool) int
 }
 
 // Store is the layer store: it resolves images, finds or builds zTOCs and
@@ -110,6 +119,9 @@ type Store struct {
 	// whose index is not trusted, the repository it serves.
 	layers          map[layerKey]*layer
 	images          map[string]*imageEntry
+	// authorized maps an image reference to the CredentialID with which
+	// the registry last granted access to it (Reauthorize).
+	authorized map[string]string
 	registryIndexes map[string]*registryIndexEntry
 	building        map[digest.Digest]bool // background builds in progress
 }
@@ -206,6 +218,7 @@ func open(cfg config.Config, opts Options, lock *rootLock) (*Store, error) {
 		cancel:          cancel,
 		layers:          make(map[layerKey]*layer),
 		images:          make(map[string]*imageEntry),
+		authorized:      make(map[string]string),
 		registryIndexes: make(map[string]*registryIndexEntry),
 		building:        make(map[digest.Digest]bool),
 		prof:            newProfiles(),
@@ -573,7 +586,27 @@ func (s *Store) Handover(ctx context.Context, creds map[string]control.Credentia
 	if s.opts.Handover == nil {
 		return errors.New("this daemon does not accept credentials")
 	}
-	return s.opts.Handover(ctx, creds)
+	if err := s.opts.Handover(ctx, creds); err != nil {
+		return err
+	}
+	// Credentials withdrawn (podman read the image anonymously, e.g. after
+	// a logout): what was served with them goes at once, and the next
+	// lookup proves access again.
+	for name, c := range creds {
+		if c != (control.Credential{}) {
+			continue
+		}
+		ref, err := reference.ParseNormalizedNamed(name)
+		if err != nil {
+			continue
+		}
+		s.forgetAuthorization(ref.String())
+		if e := s.evicterOf(); e != nil {
+			n := e.EvictRefs(func(r string) bool { return sameRef(r, ref) })
+			s.log.WithFields(logrus.Fields{"ref": ref.String(), "evicted": n}).Info("Credentials withdrawn: layer directories of the image evicted")
+		}
+	}
+	return nil
 }
 
 func readAhead(b config.ByteSize) int64 {

@@ -184,6 +184,17 @@ func (f *filesystem) view(key viewKey) (*layerView, syscall.Errno) {
 			return nil, lookupErrno(ErrClosed)
 		}
 		if v := f.views[key]; v != nil {
+			if ra, ok := f.resolver.(Reauthorizer); ok && key.ref != "" {
+				f.mu.Unlock()
+				if !f.reauthorize(ra, v) {
+					return nil, syscall.ENOENT
+				}
+				f.mu.Lock()
+				if v.evicted {
+					f.mu.Unlock()
+					continue
+				}
+			}
 			v.kernelRef, v.lastLookup = true, time.Now()
 			f.mu.Unlock()
 			return v, 0
@@ -210,6 +221,22 @@ func (f *filesystem) view(key viewKey) (*layerView, syscall.Errno) {
 		f.mu.Unlock()
 		// Evicted before this lookup got it: resolve it anew.
 	}
+}
+
+// reauthorize asks ra whether the layer directory of v may still be
+// served; when not, v is evicted (released once the kernel forgets it) and
+// reauthorize reports false.
+func (f *filesystem) reauthorize(ra Reauthorizer, v *layerView) bool {
+	err := ra.Reauthorize(f.ctx, v.key.ref, v.key.digest)
+	if err == nil {
+		return true
+	}
+	f.evict(func(x *layerView) bool { return x == v })
+	if f.opts.Log != nil {
+		f.opts.Log.WithFields(logrus.Fields{"ref": v.key.ref, "layer": v.key.digest}).WithError(err).
+			Info("Layer directory no longer authorized; evicted")
+	}
+	return false
 }
 
 func (f *filesystem) resolve(key viewKey, call *resolveCall) {

@@ -117,11 +117,11 @@ type Store struct {
 	mu sync.Mutex // guards the fields below
 	// layers are the layers loaded, by compressed digest and, for a layer
 	// whose index is not trusted, the repository it serves.
-	layers          map[layerKey]*layer
-	images          map[string]*imageEntry
+	layers map[layerKey]*layer
+	images map[string]*imageEntry
 	// authorized maps an image reference to the CredentialID with which
 	// the registry last granted access to it (Reauthorize).
-	authorized map[string]string
+	authorized      map[string]string
 	registryIndexes map[string]*registryIndexEntry
 	building        map[digest.Digest]bool // background builds in progress
 }

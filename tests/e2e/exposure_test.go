@@ -4,14 +4,20 @@ import (
 	"bufio"
 	"encoding/base64"
 	"fmt"
+	"io"
+	"log"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -450,5 +456,92 @@ func TestAnonymousHandoverEvicts(t *testing.T) {
 		if alsServes(t, d, ref, l.Digest) {
 			t.Errorf("layer %s of %s still served right after the anonymous handover, want ENOENT", l.Digest, ref)
 		}
+	}
+}
+
+// TestInsecureRedirectKeepsTLS: a registry the daemon may reach without TLS
+// (plain http, registry.insecure) redirects blob requests to another host
+// that speaks TLS with a certificate of a CA the daemon does not trust: that
+// host's certificate is still verified, so the layer is not served (its
+// index cannot be fetched); a daemon that trusts the CA (certs.d, as podman
+// would) serves it through the same redirect.
+func TestInsecureRedirectKeepsTLS(t *testing.T) {
+	img := cachedImage(t, exposureImage())
+	reg := testenv.StartRegistry(t, testenv.RegistryOptions{})
+	push(t, reg, img, "lazypull/redirect", "v1")
+	runLazypull(t, map[string]any{
+		"registry": map[string]any{"insecure": []string{reg.Host}},
+		"index":    map[string]any{"min_layer_size": "4MiB"},
+	}, "index", "--push", reg.Host+"/lazypull/redirect:v1")
+	upstream, err := url.Parse(reg.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(upstream)
+
+	// Object storage: TLS with a certificate of a private CA.
+	ca := testenv.NewTestCA(t, "redirect-target")
+	tlsCfg, err := ca.ServerConfig(false, "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var storageRequests atomic.Int64
+	storage := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		storageRequests.Add(1)
+		proxy.ServeHTTP(w, r)
+	}))
+	storage.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshakes
+	storage.TLS = tlsCfg
+	storage.StartTLS()
+	t.Cleanup(storage.Close)
+	storageHost := strings.TrimPrefix(storage.URL, "https://")
+
+	// The insecure registry: plain http, blobs redirected to the storage.
+	var redirects atomic.Int64
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/blobs/sha256:") && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+			redirects.Add(1)
+			http.Redirect(w, r, storage.URL+r.URL.RequestURI(), http.StatusTemporaryRedirect)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	frontHost := strings.TrimPrefix(front.URL, "http://")
+	ref := frontHost + "/lazypull/redirect:v1"
+	indexed := indexedLayers(img, 4<<20)
+
+	daemon := func(certsDir string) *testenv.Daemon {
+		return testenv.StartDaemon(t, testenv.DaemonOptions{Config: map[string]any{
+			"registry": map[string]any{"insecure": []string{frontHost}, "certs_dir": certsDir},
+			"index":    map[string]any{"min_layer_size": "4MiB", "on_demand": "off"},
+			"prefetch": map[string]any{"enabled": false}, "verification": map[string]any{"enabled": false},
+		}})
+	}
+
+	untrusting := daemon(t.TempDir())
+	if alsServes(t, untrusting, ref, indexed[0].Digest) {
+		t.Errorf("a layer whose blobs are redirected from the insecure registry to a host with an untrusted certificate is served")
+	}
+	if redirects.Load() == 0 {
+		t.Fatalf("the insecure registry redirected nothing: the test did not reach the redirect\n%s", untrusting.LogTail(20))
+	}
+	if n := storageRequests.Load(); n != 0 {
+		t.Errorf("the redirect target answered %d requests of a daemon that does not trust its certificate, want 0", n)
+	}
+	if reason := notServedReason(untrusting, ref); !strings.Contains(reason, "certificate") || !strings.Contains(reason, storageHost) {
+		t.Errorf("daemon log for the lookup = %q, want a certificate error for %s", reason, storageHost)
+	}
+
+	certs := t.TempDir()
+	if _, err := ca.WriteCertsD(certs, storageHost, testenv.CertsDirOptions{CA: true}); err != nil {
+		t.Fatal(err)
+	}
+	trusting := daemon(certs)
+	if !alsServes(t, trusting, ref, indexed[0].Digest) {
+		t.Errorf("a daemon trusting the redirect target's CA does not serve the layer:\n%s", trusting.LogTail(20))
+	}
+	if storageRequests.Load() == 0 {
+		t.Errorf("the trusting daemon's blob requests never reached the redirect target")
 	}
 }

@@ -37,7 +37,7 @@ func randomBytes(n int) []byte {
 // mainEntries is a layer with every kind of entry containers/storage
 // handles.
 var mainEntries = []tarEntry{
-	{name: "./", typ: tar.TypeDir, mode: 0o700, uid: 9}, // ignored: the root stays 0555 root:root
+	{name: "./", typ: tar.TypeDir, mode: 0o700, uid: 9}, // ignored: the diff root stays 0555 root:root
 	{name: "./bin/", typ: tar.TypeDir, mode: 0o755},
 	{name: "./bin/sh", typ: tar.TypeReg, mode: 0o755, data: []byte("#!/bin/sh\n")},
 	{name: "bin/suid", typ: tar.TypeReg, mode: 0o4755, data: []byte("s")},

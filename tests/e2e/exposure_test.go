@@ -203,6 +203,23 @@ func TestOtherUsersSeeNothing(t *testing.T) {
 	}
 	files := regularFiles(want, "usr/lib/base", 2, false)
 	checkFilesInContainer(t, p, ref, want, files)
+	// A container's processes running as another user read the layers
+	// through overlay, which reads lower layers with podman's credentials:
+	// the mount needs no allow_other for them.
+	var other string
+	for _, f := range regularFiles(want, "usr/lib/base", 20, false)[2:] {
+		if want[f].Mode&0o004 != 0 {
+			other = f
+			break
+		}
+	}
+	if other == "" {
+		t.Fatal("no world-readable file in the image")
+	}
+	out, stderr, err := p.Run("run", "--rm", "--network", "none", "--user", "1000:1000", ref, "/bin/sha256sum", "/"+other)
+	if sum, _, _ := strings.Cut(out, " "); err != nil || sum != want[other].SHA256 {
+		t.Errorf("sha256sum /%s in a container as uid 1000 = %q, %v (%s); want %s", other, sum, err, stderr, want[other].SHA256)
+	}
 
 	// What root sees: the paths the user tries.
 	refDir := filepath.Join(mnt, base64.StdEncoding.EncodeToString([]byte(ref)))
@@ -248,7 +265,7 @@ func TestOtherUsersSeeNothing(t *testing.T) {
 		}
 	}
 	// Nothing below the two directories shows up in a walk.
-	out, _ := u.run("find", root, mnt)
+	out, _ = u.run("find", root, mnt)
 	var found []string
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
 		if line != root && line != mnt && !strings.Contains(line, "Permission denied") {

@@ -28,6 +28,7 @@ BUILDAH_MODULE=github.com/containers/buildah
 BUILDAH_VERSION=v1.41.5
 COMMON_MODULE=github.com/containers/common
 COMMON_VERSION=v0.64.2
+MPB_VERSION=v8.10.2
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cache=${LAZYPULL_FORK_CACHE:-/var/cache/lazypull/fork}
@@ -87,8 +88,11 @@ if [ ! -x "$done_dir/podman" ] || [ ! -x "$done_dir/buildah" ]; then
 	for m in podman buildah; do
 		(
 			cd "$src/$m"
+			# lazypull's newer mpb (for its own CLI, not in the plugin) would be picked by MVS and
+			# breaks containers/image v5.36's copy: keep the version podman and buildah pin.
 			go mod edit -replace "$COMMON_MODULE=../common" -replace "github.com/lazypull/lazypull=$repo" \
-				-require "github.com/lazypull/lazypull@v0.0.0-00010101000000-000000000000"
+				-require "github.com/lazypull/lazypull@v0.0.0-00010101000000-000000000000" \
+				-replace "github.com/vbauerster/mpb/v8=github.com/vbauerster/mpb/v8@$MPB_VERSION"
 			if [ "$m" = podman ]; then go mod edit -replace "$BUILDAH_MODULE=../buildah"; fi
 		)
 	done

@@ -13,7 +13,7 @@ profile=${1:-test}
 run_pkgs=(fuse3 ca-certificates)
 test_pkgs=(fuse3 ca-certificates podman runc uidmap docker-registry buildah skopeo busybox-static
 	zlib1g-dev gcc make git iproute2 procps util-linux psmisc debootstrap)
-fork_pkgs=(gcc make patch pkg-config libseccomp-dev libsqlite3-dev conmon runc fuse-overlayfs fuse3 uidmap
+fork_pkgs=(gcc make patch pkg-config libseccomp-dev libsqlite3-dev conmon runc netavark aardvark-dns fuse-overlayfs fuse3 uidmap
 	ca-certificates)
 
 case "$profile" in

@@ -449,13 +449,14 @@ func TestForkPodmanBuild(t *testing.T) {
 			}
 			proxy.Reset()
 			args := append([]string{"build", "--pull=never", "-t", "localhost/built-" + tc.name + ":1"}, testenv.BuildFlags()...)
-			if out, stderr, err := p.Run(append(args, ctxDir)...); err != nil {
-				t.Fatalf("podman build: %v\n%s%s\n%s", err, out, stderr, d.LogTail(20))
+			if _, _, err := p.Run(append(args, ctxDir)...); err != nil {
+				t.Fatalf("podman build: %v\n%s", err, d.LogTail(20))
 			}
 			built := proxy.Stats()
 			t.Logf("podman build: %s fetched (%d requests) of a %s image", mib(built.BlobBytes()), built.Total.Requests, mib(total))
-			if built.BlobBytes()*10 >= total {
-				t.Errorf("podman build fetched %d bytes, want < 10 %% of the base image's %d (busybox and two small files)", built.BlobBytes(), total)
+			// The RUN step reads busybox and two small files: a few 1 MiB spans.
+			if built.BlobBytes()*4 >= total {
+				t.Errorf("podman build fetched %d bytes, want < 25 %% of the base image's %d (busybox and two small files)", built.BlobBytes(), total)
 			}
 			for _, l := range tc.layers {
 				if n := built.ByDigest[l.Digest.String()].Bytes; n*2 > l.Size {
@@ -623,7 +624,7 @@ func TestForkBuildahBud(t *testing.T) {
 		t.Fatal(err)
 	}
 	proxy.Reset()
-	buildah(append(append([]string{"bud", "--pull=never", "--isolation", "chroot", "-t", "localhost/bud:1"}, testenv.BuildFlags()...), ctxDir)...)
+	buildah(append(append([]string{"bud", "--pull=never", "-t", "localhost/bud:1"}, testenv.BuildFlags()...), ctxDir)...)
 	t.Logf("buildah bud: %s fetched", mib(proxy.Stats().BlobBytes()))
 	checkBaseNotFetched(t, proxy.Stats(), img.Layers, "buildah bud")
 	checkOnLazyBase(t, p, "localhost/bud:1", lazy)

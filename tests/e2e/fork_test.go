@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -508,6 +509,7 @@ func TestForkPodmanBuild(t *testing.T) {
 			if _, stderr, err := p.Run("push", "--tls-verify=false", builtRef, pushed); err != nil {
 				t.Fatalf("podman push: %v\n%s", err, stderr)
 			}
+			checkNoTOCAnnotation(t, reg, "fork/pushed-"+tc.name, "1")
 			wantBuilt := want.Clone()
 			got := stockEagerTree(t, pushed, reg.Host)
 			if got["built.txt"].SHA256 != sha256hexString("built\n") || got["copied"].SHA256 != wantCopied {
@@ -527,6 +529,45 @@ func TestForkPodmanBuild(t *testing.T) {
 				t.Errorf("after rmi %d lazily served layers remain", n)
 			}
 		})
+	}
+}
+
+// checkNoTOCAnnotation fails when the manifest of repo:tag in reg names a
+// TOC digest on a layer: the fork annotates the base layers of a build with
+// their TOC digest for the local commit only, a pushed image must not carry it.
+func checkNoTOCAnnotation(t testing.TB, reg *testenv.Registry, repo, tag string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, reg.URL+"/v2/"+repo+"/manifests/"+tag, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", imagegen.MediaTypeOCIManifest+", "+imagegen.MediaTypeDockerManifest)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var raw struct {
+		Layers []imagegen.Descriptor `json:"layers"`
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode == http.StatusOK {
+		err = json.Unmarshal(b, &raw)
+	} else if err == nil {
+		err = fmt.Errorf("status %s", resp.Status)
+	}
+	if err != nil {
+		t.Fatalf("manifest of %s:%s: %v", repo, tag, err)
+	}
+	for i, l := range raw.Layers {
+		for k := range l.Annotations {
+			if strings.Contains(k, "zstd-chunked") || strings.Contains(k, "stargz") {
+				t.Errorf("pushed %s:%s: layer %d carries the annotation %s=%s", repo, tag, i, k, l.Annotations[k])
+			}
+		}
+	}
+	if len(raw.Layers) == 0 {
+		t.Errorf("pushed %s:%s: manifest lists no layers:\n%s", repo, tag, b)
 	}
 }
 

@@ -251,6 +251,43 @@ func TestForkPodmanPull(t *testing.T) {
 	}
 }
 
+// TestForkPodmanPullOnDemand: plain `podman pull` of the forked podman of an
+// image nobody indexed: the layer store indexes each layer while podman waits
+// (index.on_demand = "sync", one pass over the blob), the layers are served
+// lazily all the same, and containers read exact bytes; the tree equals the
+// generator's.
+func TestForkPodmanPullOnDemand(t *testing.T) {
+	forkBinary(t, "podman")
+	img := cachedImage(t, forkBuildImage())
+	reg := testenv.StartRegistry(t, testenv.RegistryOptions{})
+	proxy := testenv.StartCountingProxy(t, reg.URL)
+	push(t, reg, img, "fork/ondemand", "v1")
+	ref := proxy.Host + "/fork/ondemand:v1"
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Config: forkDaemonConfig(proxy.Host, reg.Host)})
+	p := forkPodman(t, d, proxy.Host)
+
+	proxy.Reset()
+	if _, err := p.Pull(ref); err != nil {
+		t.Fatalf("pull: %v\n%s", err, d.LogTail(30))
+	}
+	st := proxy.Stats()
+	t.Logf("on-demand pull: %s fetched by the store to index a %s image", mib(st.BlobBytes()), mib(img.CompressedSize()))
+	if n := len(lazyDiffs(t, p.Root, d.MountPoint)); n != len(img.Layers) {
+		t.Fatalf("%d layer diffs point into the store, want %d\n%s", n, len(img.Layers), d.LogTail(20))
+	}
+	for _, l := range img.Layers {
+		if n := st.ByDigest[l.Digest.String()].Bytes; n > l.Size+l.Size/10 {
+			t.Errorf("layer %s: %d bytes fetched to index it, want one pass over its %d", l.Digest, n, l.Size)
+		}
+	}
+	want, err := img.ExpectedTree()
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkFilesInContainer(t, p, ref, want, append(regularFiles(want, "usr/lib/base", 3, true), regularFiles(want, "opt/top", 3, false)...))
+	compareTrees(t, p, ref, want, "on-demand lazy rootfs vs the generator's tree")
+}
+
 // forkBuildImage is the base image of the build tests: two gzip layers above
 // the 10 MiB index threshold, mostly incompressible, busybox in the base.
 func forkBuildImage() imagegen.Options {

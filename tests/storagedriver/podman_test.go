@@ -112,7 +112,7 @@ func TestStockPodmanReadsLazypullStore(t *testing.T) {
 	})
 
 	t.Run("lazy", func(t *testing.T) {
-		lazypullPull(t, f.daemon, p, ref)
+		lazypullPull(t, f.daemon, p, "--identity", "toc", ref) // the separate namespace this test pins
 		recs := storedLayers(t, p)
 		toc := 0
 		for _, r := range recs {
@@ -202,7 +202,7 @@ func TestStockPodmanRunsVerifiedLazyImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := lazypullPull(t, f.daemon, p, "--verify", ref)
+	id := lazypullPull(t, f.daemon, p, "--identity", "toc", "--verify", ref)
 	recs := storedLayers(t, p)
 	promoted := 0
 	for _, r := range recs {

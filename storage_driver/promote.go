@@ -209,7 +209,7 @@ func alsPath(driverHome, id string) string {
 // it does not now; the error says why it cannot.
 func askToServe(als string) error {
 	if _, err := os.Stat(filepath.Join(als, "info")); err != nil {
-		return fmt.Errorf("the layer store does not serve it: %w", err)
+		return fmt.Errorf("the layer store does not serve it (its log says why): %w", err)
 	}
 	return nil
 }

@@ -81,7 +81,9 @@ func TestStockPodman5LazypullPull(t *testing.T) {
 	}
 	recs := map[string]map[string]any{}
 	for _, r := range readLayerRecords(t, p.Root) {
-		recs[r["diff-digest"].(string)] = r
+		if d, ok := r["diff-digest"].(string); ok {
+			recs[d] = r
+		}
 	}
 	for _, l := range pad.layers {
 		r := recs[l.diffID.String()]

@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -30,7 +31,9 @@ import (
 // layer written by GNU tar, whose tar stream ends with record padding (zero
 // blocks up to a multiple of 10240 bytes after the end-of-archive marker).
 // Both are served lazily. Everything a user does must work: run with exact
-// bytes, build and commit on top of it without reading the base layers,
+// bytes, podman build, podman commit and buildah from/commit on top of it
+// sharing the lazy layers (without reading them), save (exact tar streams),
+// push (the original blobs),
 // `podman pull` of the same image reusing it, `podman images` while the
 // layer store is stopped, and `lazypull verify` failing fast with its reason,
 // stopping on SIGTERM without leaving mounts, and succeeding after a store
@@ -180,6 +183,48 @@ func TestStockPodman5LazypullPull(t *testing.T) {
 			t.Errorf("podman run of the committed image: %q, %v", out, err)
 		}
 		checkShared(t, p, pad, "podman commit")
+	}
+
+	// buildah (1.39.3) from and commit on the lazy image.
+	bctr, err := runBuildah(ch, p, d, append(append([]string{"from", "--pull=never"}, testenv.BuildFlags()...), ref)...)
+	if err != nil {
+		t.Errorf("buildah from: %v", err)
+	} else if _, err := runBuildah(ch, p, d, "commit", bctr, "localhost/bcommitted:1"); err != nil {
+		t.Errorf("buildah commit: %v", err)
+	} else {
+		checkShared(t, p, pad, "buildah commit")
+		if _, err := runBuildah(ch, p, d, "rm", bctr); err != nil {
+			t.Errorf("buildah rm: %v", err)
+		}
+	}
+
+	// podman save: the layers in the archive (compressed again by
+	// containers/image for OCI archives) hold the exact tar streams.
+	archive := filepath.Join(ch.SharedDir(t, "save"), "image.tar")
+	if _, stderr, err := p.Run("save", "--format", "oci-archive", "-o", archive, ref); err != nil {
+		t.Errorf("podman save: %v\n%s", err, stderr)
+	} else {
+		got := archiveDigests(t, archive)
+		for _, l := range pad.layers {
+			if !got[l.diffID] {
+				t.Errorf("podman save: no layer with DiffID %s (the exact tar stream) in the archive", l.diffID)
+			}
+		}
+	}
+
+	// podman push to another tag: the registry gets the same layers.
+	if _, stderr, err := p.Run("push", ref, "docker://"+proxy.Host+"/lazypull/stock5:pushed"); err != nil {
+		t.Errorf("podman push: %v\n%s", err, stderr)
+	} else {
+		got := layersOf(t, reg, "lazypull/stock5", "pushed")
+		if len(got) != len(pad.layers) {
+			t.Errorf("pushed manifest has %d layers, want %d", len(got), len(pad.layers))
+		}
+		for i := range got {
+			if i < len(pad.layers) && got[i].Digest != pad.layers[i].digest.String() {
+				t.Errorf("pushed layer %d is %s, want the original blob %s", i, got[i].Digest, pad.layers[i].digest)
+			}
+		}
 	}
 
 	// podman pull of the same image: no download, the lazy image kept
@@ -458,6 +503,62 @@ func checkShared(t *testing.T, p *testenv.Podman, pad *paddedImage, after string
 	for _, l := range pad.layers {
 		if n[l.diffID.String()] != 1 {
 			t.Errorf("after %s, the store has %d layers with DiffID %s, want 1 (the lazily served one, shared)", after, n[l.diffID.String()], l.diffID)
+		}
+	}
+}
+
+// runBuildah runs stock buildah in ch on p's storage (with d's store) and
+// returns its trimmed stdout.
+func runBuildah(ch *testenv.Chroot, p *testenv.Podman, d *testenv.Daemon, args ...string) (string, error) {
+	name, argv := ch.Command("buildah", append([]string{"--root", p.Root, "--runroot", p.RunRoot, "--storage-driver", "overlay", "--storage-opt", d.ALSOption()}, args...)...)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, argv...)
+	cmd.Env = append(os.Environ(),
+		"CONTAINERS_CONF="+filepath.Join(p.Dir, "containers.conf"),
+		"CONTAINERS_REGISTRIES_CONF="+filepath.Join(p.Dir, "registries.conf"),
+		"CONTAINERS_STORAGE_CONF="+filepath.Join(p.Dir, "storage.conf"),
+		"PODMAN_IGNORE_CGROUPSV1_WARNING=1")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("buildah %s: %w\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// archiveDigests returns the digests of the files of a tar archive (an OCI
+// archive) and, for gzip-compressed ones, of their decompressed content.
+func archiveDigests(t *testing.T, path string) map[digest.Digest]bool {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	out := map[digest.Digest]bool{}
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return out
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if h.Typeflag != tar.TypeReg {
+			continue
+		}
+		b, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[digest.FromBytes(b)] = true
+		if zr, err := gzip.NewReader(bytes.NewReader(b)); err == nil {
+			if raw, err := io.ReadAll(zr); err == nil {
+				out[digest.FromBytes(raw)] = true
+			}
 		}
 	}
 }

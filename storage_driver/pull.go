@@ -148,8 +148,8 @@ type Result struct {
 // Pull pulls the image ref (a docker reference; a name without tag gets
 // ":latest") from its registry into store, as containers/image would, except
 // that every layer the store's Additional Layer Store serves is created from
-// it lazily, identified by pseudo TOC digest (see the package
-// documentation). Layers the store cannot serve are downloaded, verified
+// it lazily, identified as Options.Identity says (by default by pseudo TOC
+// digest; see the package documentation). Layers the store cannot serve are downloaded, verified
 // against the manifest digest and the config's DiffID, and extracted. The
 // image record (names, manifest, config, signatures, digests) is the one a
 // normal pull writes, so podman and buildah use the image like any other.

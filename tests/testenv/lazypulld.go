@@ -205,10 +205,17 @@ func (d *Daemon) Stop() error {
 	select {
 	case <-d.done:
 	case <-time.After(30 * time.Second):
-		_ = d.cmd.Process.Kill()
-		<-d.done
+		// SIGQUIT makes the Go runtime write every goroutine's stack to
+		// the log before exiting: the report names what shutdown waits on.
+		_ = d.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-d.done:
+		case <-time.After(10 * time.Second):
+			_ = d.cmd.Process.Kill()
+			<-d.done
+		}
 		d.cmd = nil
-		return errors.New("lazypull serve did not stop within 30s of SIGTERM")
+		return fmt.Errorf("lazypull serve did not stop within 30s of SIGTERM; goroutines:\n%s", d.LogTail(400))
 	}
 	d.cmd = nil
 	if d.err != nil {

@@ -68,6 +68,9 @@ type DaemonOptions struct {
 	Config map[string]any
 	// Env is added to the daemon's environment.
 	Env []string
+	// Root and MountPoint replace Dir/root and Dir/store (e.g. the
+	// shipped unit's layout, the mount point inside root_dir).
+	Root, MountPoint string
 }
 
 // Daemon is a running `lazypull serve`.
@@ -127,6 +130,12 @@ func NewDaemon(bin string, opts DaemonOptions) (*Daemon, error) {
 		ConfigPath: filepath.Join(opts.Dir, "config.toml"),
 		LogPath:    filepath.Join(opts.Dir, "daemon.log"),
 		env:        opts.Env,
+	}
+	if opts.Root != "" {
+		d.Root = opts.Root
+	}
+	if opts.MountPoint != "" {
+		d.MountPoint = opts.MountPoint
 	}
 	d.Socket = filepath.Join(d.Root, "lazypull.sock")
 	cfg := map[string]any{}

@@ -569,7 +569,7 @@ func (s *Store) findZtoc(ctx context.Context, ref reference.Named, img *remote.I
 		log.WithError(err).Warn("Local artifact store")
 	}
 	// 2. Local store, found earlier for this repository.
-	if zd, err := s.local.ReadRef(ctx, artifact.LayerRef, scopedKey); err == nil {
+	if zd, err := s.local.ReadRef(ctx, artifact.LayerRef, scopedKey); err == nil && s.local.HasBlob(zd) {
 		return ztocFound{zd, "local", false}, nil
 	}
 	// 3. The fleet's shared store.

@@ -349,7 +349,14 @@ func (s *Store) promote(l *layer) {
 		return // a layer with its own TOC: nothing to record or share
 	}
 	key := artifact.LayerKey(l.digest, int64(s.cfg.Index.SpanSize))
-	if err := s.local.WriteRef(s.ctx, artifact.LayerRef, key, l.ztocDigest); err != nil {
+	if zi, ok := l.idx.(*ztocIndex); ok && zi.windows != nil && zi.windows.local == nil {
+		// A native zTOC whose windows come from a registry: recorded as
+		// trusted, it would be opened after a restart as one built here,
+		// whose windows must be local, and refused. It stays the
+		// repository's (found again through its scoped mapping, windows
+		// from the registry, verified again).
+		l.log.Debug("Verified index keeps its repository scope: its windows are not stored here")
+	} else if err := s.local.WriteRef(s.ctx, artifact.LayerRef, key, l.ztocDigest); err != nil {
 		l.log.WithError(err).Warn("Recording the verified index")
 	}
 	s.mu.Lock()

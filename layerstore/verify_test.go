@@ -349,3 +349,38 @@ func TestHardLinkClaimCheckedBeforeServing(t *testing.T) {
 	}
 	checkAllFiles(t, lv, l, 1<<20)
 }
+
+// TestVerifiedRegistryIndexAfterRestart: a native index found in the
+// image's registry (its windows fetched from there) and verified here is
+// still usable after the store restarts. Fails on 064ea42, where the
+// verified index was recorded as trusted, reopened as one built here whose
+// windows must be local, and dropped: the layer was not served at all.
+func TestVerifiedRegistryIndexAfterRestart(t *testing.T) {
+	reg := newTestRegistry(t)
+	l := stdLayer(t, 61, 400, 100)
+	img := reg.pushImage(t, "app/restart", "v1", []*testLayer{l}, imageOptions{})
+	a := newTestStore(t, reg, func(c *config.Config) { c.Artifacts.PushToImageRegistry = true }, Options{})
+	a.mustLookup(t, img.ref, l.digest)
+	waitUntil(t, "the native index pushed to the registry", func() bool {
+		refs, err := a.client.Referrers(context.Background(), img.named, img.digest, ztoc.MediaTypeSociIndexV1)
+		return err == nil && len(refs) == 1
+	})
+	a.closeStore()
+
+	cfg := testConfig(t.TempDir(), reg.host)
+	cfg.Prefetch.Enabled, cfg.Verify.Enabled, cfg.Index.OnDemand = true, true, "off"
+	b := openStore(t, cfg, Options{})
+	b.mustLookup(t, img.ref, l.digest)
+	if _, ls := b.status(t, l.digest); ls.IndexSource != "registry" {
+		t.Fatalf("index source %q, want the registry's native index", ls.IndexSource)
+	}
+	b.waitLayer(t, l.digest, 30*time.Second, "verified", func(ls *control.LayerStatus) bool { return ls.Verified && prefetchDone(ls) })
+	b.closeStore()
+
+	again := openStore(t, cfg, Options{})
+	lv, err := again.lookup(t, img.ref, l.digest)
+	if err != nil {
+		t.Fatalf("lookup after a restart of the store that verified the registry's index: %v", err)
+	}
+	checkAllFiles(t, lv, l, 1<<20)
+}

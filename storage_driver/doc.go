@@ -55,6 +55,18 @@
 //     indexes by compressed and uncompressed digest stay true, and the IDs
 //     match what containers/image itself gives TOC-identified layers.
 //
+// Options.Identity = IdentityDiffID (`lazypull pull`'s default, for stock
+// podman) trades that separation for sharing: the layer store is asked under
+// the image reference itself and the layer gets the record a download would
+// write (compressed digest and size, the config's DiffID, the tar size,
+// ordinary chain IDs, the config digest as image ID), as podman 4.x gets
+// layers from the store. Stock podman >= 5 then reuses the lazy layers and
+// image on its own pulls, builds on them without reading them (buildah
+// re-reads a parent layer without a DiffID through store.Diff and rewrites
+// it, which fails for tar streams with record padding), and takes their
+// sizes from the record instead of walking their files (so `podman images`
+// works while the store is down).
+//
 // A pseudo TOC digest cannot collide with a real one for other content: it is
 // the sha256 of the compressed blob, which the daemon checks every fetched
 // span against.

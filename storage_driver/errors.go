@@ -18,8 +18,10 @@ var (
 	// not have the DiffID the image config gives it.
 	ErrDiffIDMismatch = errors.New("storagedriver: layer does not match the config's DiffID")
 	// ErrUnsafeIdentity is returned when the layer store answered a lazy
-	// lookup with an identity outside the pseudo-TOC namespace (a compressed
-	// or uncompressed digest); such a layer is removed again.
+	// lookup with another identity than the one asked for (for IdentityTOC,
+	// a compressed or uncompressed digest; for IdentityDiffID, another
+	// digest or size than the manifest's and the config's, or a TOC digest);
+	// such a layer is removed again.
 	ErrUnsafeIdentity = errors.New("storagedriver: layer store returned a layer with a verified-looking identity")
 )
 

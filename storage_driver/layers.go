@@ -9,6 +9,7 @@ import (
 
 	"github.com/containers/image/v5/pkg/blobinfocache/none"
 	"github.com/containers/image/v5/pkg/compression"
+	"github.com/containers/image/v5/types"
 	"github.com/containers/storage"
 	digest "github.com/opencontainers/go-digest"
 
@@ -194,7 +195,11 @@ func (lp *layerPuller) putLazy(i int, parent, id string, pl *preparedLayer) (Lay
 	if err != nil {
 		return LayerResult{}, fmt.Errorf("create layer %s from the Additional Layer Store: %w", id, err)
 	}
-	err = checkLazyIdentity(layer, lp.plan.layers[i].Digest, lp.plan.diffID(i))
+	if pl.identity.ByTOC() {
+		err = checkLazyIdentity(layer, lp.plan.layers[i].Digest, lp.plan.diffID(i))
+	} else {
+		err = checkLazyDiffID(layer, lp.plan.layers[i], pl.identity.DiffID)
+	}
 	if err == nil {
 		err = persistLayer(lp.store, layer)
 	}
@@ -221,6 +226,26 @@ func checkLazyIdentity(l *storage.Layer, blob, wantDiffID digest.Digest) error {
 	got, _ := l.Flags[layerstore.ExpectedLayerDiffIDFlag].(string)
 	if got == "" || (wantDiffID != "" && got != wantDiffID.String()) {
 		return fmt.Errorf("%w: flag %s is %q, the config says %q", ErrUnsafeIdentity, layerstore.ExpectedLayerDiffIDFlag, got, wantDiffID)
+	}
+	return nil
+}
+
+// checkLazyDiffID checks that a layer created from the Additional Layer
+// Store for IdentityDiffID carries the record a download of blob would
+// write: its compressed digest and size, the config's DiffID, the tar
+// stream's exact length (containers/storage takes it as the layer's size
+// instead of walking its files, and buildah as the size of the uncompressed
+// blob), and no TOC digest.
+func checkLazyDiffID(l *storage.Layer, blob types.BlobInfo, diffID digest.Digest) error {
+	switch {
+	case l.TOCDigest != "":
+		return fmt.Errorf("%w: TOC digest %q on a layer asked for by DiffID", ErrUnsafeIdentity, l.TOCDigest)
+	case l.CompressedDigest != blob.Digest || (blob.Size >= 0 && l.CompressedSize != blob.Size):
+		return fmt.Errorf("%w: compressed digest %q size %d, want %s size %d", ErrUnsafeIdentity, l.CompressedDigest, l.CompressedSize, blob.Digest, blob.Size)
+	case l.UncompressedDigest != diffID:
+		return fmt.Errorf("%w: uncompressed digest %q, the config says %s", ErrUnsafeIdentity, l.UncompressedDigest, diffID)
+	case l.UncompressedSize <= 0:
+		return fmt.Errorf("%w: unknown uncompressed size %d", ErrUnsafeIdentity, l.UncompressedSize)
 	}
 	return nil
 }

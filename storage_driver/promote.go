@@ -24,6 +24,13 @@ import (
 // verified a lazily served layer of the image.
 var ErrNotVerified = errors.New("storagedriver: layer not verified by the layer store")
 
+// ErrCannotVerify is returned by Promote, at once rather than at its
+// deadline, when the layer store will never verify a layer of the image as
+// things stand: it cannot serve it (not running, the image gone from the
+// registry, ...), it found it bad, or it neither prefetches nor verifies it
+// (prefetch and verification off in its configuration).
+var ErrCannotVerify = errors.New("storagedriver: the layer store cannot verify the layer")
+
 // StatusFunc returns the layer store's status (control.Client.Status).
 type StatusFunc func(ctx context.Context) (*control.Status, error)
 
@@ -31,8 +38,19 @@ type StatusFunc func(ctx context.Context) (*control.Status, error)
 type PromoteResult struct {
 	// Promoted are the layers (by pseudo TOC digest) that got their DiffID.
 	Promoted []digest.Digest
+	// Verified are the lazily served layers identified by DiffID already
+	// (IdentityDiffID), by blob digest, that the layer store has verified.
+	Verified []digest.Digest
 	// Already counts lazily pulled layers of the image that had it.
 	Already int
+}
+
+// lazyLayer is a layer of the image served by the layer store.
+type lazyLayer struct {
+	id     string
+	blob   digest.Digest // the digest the layer store serves it by
+	diffID digest.Digest // to record, for a TOC-identified layer
+	als    string        // the layer's directory in the layer store, if known
 }
 
 // Promote turns the lazily served layers of image (a name or ID in store)
@@ -43,30 +61,34 @@ type PromoteResult struct {
 // containers/storage and containers/image version reads the image — podman
 // 4.x lists, inspects, runs and saves it — and later ordinary pulls may
 // reuse the layer, which is now as trustworthy as a downloaded one. The
-// content is still served by the layer store.
+// content is still served by the layer store. Lazily served layers that are
+// identified by DiffID already (IdentityDiffID) are only waited for.
 //
-// Promote waits up to wait for the layer store to finish (it verifies a
-// layer once its background prefetch has fetched it all; prefetch must be
-// enabled); a layer found bad, or still unverified at the deadline, is an
-// error and nothing of the image is changed.
+// Promote first asks the layer store to serve every such layer (a lookup of
+// the layer's directory in its mount, as containers/storage does, so that a
+// restarted store takes it up again), then waits up to wait for the store to
+// verify them (it verifies a layer once its background prefetch or
+// verification has fetched it all). It fails at once, with ErrCannotVerify
+// and the reason, when the store cannot serve a layer, found one bad, or
+// will not fetch one (prefetch and verification both off); a layer still
+// unverified at the deadline is ErrNotVerified. Nothing of the image is
+// changed unless every layer is verified.
 func Promote(ctx context.Context, store storage.Store, image string, status StatusFunc, wait time.Duration) (*PromoteResult, error) {
 	img, err := store.Image(image)
 	if err != nil {
 		return nil, fmt.Errorf("promote %s: %w", image, err)
 	}
 	res := &PromoteResult{}
-	type pending struct {
-		id     string
-		toc    digest.Digest
-		diffID digest.Digest
-	}
-	var todo []pending
+	var todo []lazyLayer
+	driverHome := filepath.Join(store.GraphRoot(), store.GraphDriverName())
 	for id := img.TopLayer; id != ""; {
 		l, err := store.Layer(id)
 		if err != nil {
 			return nil, fmt.Errorf("promote %s: layer %s: %w", image, id, err)
 		}
-		if l.TOCDigest != "" {
+		als := alsPath(driverHome, id)
+		switch {
+		case l.TOCDigest != "":
 			want, _ := l.Flags[layerstore.ExpectedLayerDiffIDFlag].(string)
 			switch {
 			case l.UncompressedDigest != "":
@@ -76,8 +98,10 @@ func Promote(ctx context.Context, store storage.Store, image string, status Stat
 				if err != nil {
 					return nil, fmt.Errorf("promote %s: layer %s: flag %s: %w", image, id, layerstore.ExpectedLayerDiffIDFlag, err)
 				}
-				todo = append(todo, pending{id: id, toc: l.TOCDigest, diffID: d})
+				todo = append(todo, lazyLayer{id: id, blob: l.TOCDigest, diffID: d, als: als})
 			}
+		case als != "" && l.CompressedDigest != "":
+			todo = append(todo, lazyLayer{id: id, blob: l.CompressedDigest, als: als})
 		}
 		id = l.Parent
 	}
@@ -85,10 +109,14 @@ func Promote(ctx context.Context, store storage.Store, image string, status Stat
 		return res, nil
 	}
 	deadline := time.Now().Add(wait)
+	asked := false
 	for {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("promote %s: %w", image, err)
+		}
 		st, err := status(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("promote %s: layer store status: %w", image, err)
+			return nil, fmt.Errorf("promote %s: %w: layer store status: %w", image, ErrCannotVerify, err)
 		}
 		byDigest := make(map[string]control.LayerStatus, len(st.Layers))
 		for _, l := range st.Layers {
@@ -96,18 +124,41 @@ func Promote(ctx context.Context, store storage.Store, image string, status Stat
 		}
 		var waiting []string
 		for _, p := range todo {
-			ls, ok := byDigest[p.toc.String()]
+			ls, ok := byDigest[p.blob.String()]
 			switch {
 			case ok && ls.Bad != "":
-				return nil, fmt.Errorf("promote %s: layer %s failed verification: %s", image, p.toc, ls.Bad)
+				return nil, fmt.Errorf("promote %s: %w: layer %s failed verification: %s", image, ErrCannotVerify, p.blob, ls.Bad)
+			case !ok && p.als != "":
+				// Not served now (a restarted store): ask for it, as
+				// containers/storage does when it looks a layer up.
+				if err := askToServe(p.als); err != nil {
+					return nil, fmt.Errorf("promote %s: %w: layer %s: %w", image, ErrCannotVerify, p.blob, err)
+				}
+				waiting = append(waiting, fmt.Sprintf("%s (asked the store to serve it)", p.blob))
 			case !ok:
-				waiting = append(waiting, fmt.Sprintf("%s (not served now)", p.toc))
+				waiting = append(waiting, fmt.Sprintf("%s (not served now)", p.blob))
+			case !ls.Verified && ls.Prefetch == "off" && asked:
+				return nil, fmt.Errorf("promote %s: %w: layer %s is neither prefetched nor verified by the layer store (prefetch.enabled and verification.enabled are off in its configuration); %d/%d spans fetched", image, ErrCannotVerify, p.blob, ls.SpansCached, ls.Spans)
 			case !ls.Verified:
-				waiting = append(waiting, fmt.Sprintf("%s (%d/%d spans fetched, prefetch %s)", p.toc, ls.SpansCached, ls.Spans, ls.Prefetch))
+				waiting = append(waiting, fmt.Sprintf("%s (%d/%d spans fetched, prefetch %s)", p.blob, ls.SpansCached, ls.Spans, ls.Prefetch))
 			}
 		}
 		if len(waiting) == 0 {
 			break
+		}
+		if !asked {
+			// A layer the store serves but does not fetch may still be
+			// taken up by a lookup (a fill that stopped starts again): ask
+			// once before calling it hopeless.
+			for _, p := range todo {
+				if p.als != "" {
+					if err := askToServe(p.als); err != nil {
+						return nil, fmt.Errorf("promote %s: %w: layer %s: %w", image, ErrCannotVerify, p.blob, err)
+					}
+				}
+			}
+			asked = true
+			continue
 		}
 		if time.Now().After(deadline) {
 			sort.Strings(waiting)
@@ -117,21 +168,50 @@ func Promote(ctx context.Context, store storage.Store, image string, status Stat
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, ctx.Err()
+			return nil, fmt.Errorf("promote %s: %w", image, ctx.Err())
 		case <-t.C:
 		}
 	}
 	diffIDs := make(map[string]digest.Digest, len(todo))
 	for _, p := range todo {
-		diffIDs[p.id] = p.diffID
+		if p.diffID != "" {
+			diffIDs[p.id] = p.diffID
+		}
 	}
-	if err := promoteRecords(store, diffIDs); err != nil {
-		return nil, fmt.Errorf("promote %s: %w", image, err)
+	if len(diffIDs) > 0 {
+		if err := promoteRecords(store, diffIDs); err != nil {
+			return nil, fmt.Errorf("promote %s: %w", image, err)
+		}
 	}
 	for _, p := range todo {
-		res.Promoted = append(res.Promoted, p.toc)
+		if p.diffID != "" {
+			res.Promoted = append(res.Promoted, p.blob)
+		} else {
+			res.Verified = append(res.Verified, p.blob)
+		}
 	}
 	return res, nil
+}
+
+// alsPath returns the layer store directory of the layer id that the overlay
+// driver (home) recorded when it created the layer from the Additional Layer
+// Store, or "" for other layers.
+func alsPath(driverHome, id string) string {
+	b, err := os.ReadFile(filepath.Join(driverHome, id, "additionallayer"))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// askToServe looks the layer directory als up in the layer store's mount,
+// which makes the store serve the layer (and its background fetch start) if
+// it does not now; the error says why it cannot.
+func askToServe(als string) error {
+	if _, err := os.Stat(filepath.Join(als, "info")); err != nil {
+		return fmt.Errorf("the layer store does not serve it (its log says why): %w", err)
+	}
+	return nil
 }
 
 // promoteRecords sets "diff-digest" of the given layer records in the

@@ -54,6 +54,54 @@ type Options struct {
 	Log *logrus.Entry
 	// Progress, when set, is called once per layer when it is in the store.
 	Progress func(LayerResult)
+	// Identity is how lazily served layers are identified in the store.
+	// Default IdentityTOC (the plugin's namespace of their own).
+	Identity Identity
+}
+
+// Identity says how a pull identifies the layers it creates lazily.
+type Identity int
+
+const (
+	// IdentityTOC gives lazily served layers an identity of their own (the
+	// blob digest as pseudo TOC digest, TOC chain IDs, a TOC image ID; see
+	// the package documentation): ordinary pulls of the same image never
+	// share them.
+	IdentityTOC Identity = iota
+	// IdentityDiffID gives lazily served layers the record a download would
+	// write: compressed digest and size, the config's DiffID and the exact
+	// tar size, ordinary chain IDs and the config digest as image ID (what
+	// podman 4.x gets from the layer store, identityLegacy there). Stock
+	// podman >= 5 then treats the image as its own: a later `podman pull`
+	// of it reuses every layer and the image record, `podman build` and
+	// `commit` on top of it reuse the base layers by DiffID without reading
+	// them, and sizes come from the record, never from walking the layer's
+	// files. The content is served before the layer store has verified it
+	// as a whole (each span is checked when fetched; the layer as a whole
+	// once prefetched, `lazypull verify` waits for that).
+	IdentityDiffID
+)
+
+// String returns the flag value of the identity ("toc", "diffid").
+func (i Identity) String() string {
+	switch i {
+	case IdentityTOC:
+		return "toc"
+	case IdentityDiffID:
+		return "diffid"
+	}
+	return fmt.Sprintf("identity(%d)", int(i))
+}
+
+// ParseIdentity parses "toc" or "diffid".
+func ParseIdentity(s string) (Identity, error) {
+	switch s {
+	case "toc":
+		return IdentityTOC, nil
+	case "diffid":
+		return IdentityDiffID, nil
+	}
+	return 0, fmt.Errorf("layer identity %q: want \"diffid\" or \"toc\"", s)
 }
 
 // LayerSource says where a layer of a pull came from.
@@ -100,8 +148,8 @@ type Result struct {
 // Pull pulls the image ref (a docker reference; a name without tag gets
 // ":latest") from its registry into store, as containers/image would, except
 // that every layer the store's Additional Layer Store serves is created from
-// it lazily, identified by pseudo TOC digest (see the package
-// documentation). Layers the store cannot serve are downloaded, verified
+// it lazily, identified as Options.Identity says (by default by pseudo TOC
+// digest; see the package documentation). Layers the store cannot serve are downloaded, verified
 // against the manifest digest and the config's DiffID, and extracted. The
 // image record (names, manifest, config, signatures, digests) is the one a
 // normal pull writes, so podman and buildah use the image like any other.
@@ -245,14 +293,16 @@ func handOver(ctx context.Context, o Options, ref reference.Named, log *logrus.E
 		log.WithError(err).Debug("No credentials to hand over to the layer store")
 		return
 	}
-	if cred.Username == "" && cred.IdentityToken == "" {
-		return
+	// An anonymous pull hands over the zero credential, which deletes
+	// what an earlier pull of the image handed over (podman's auth helper
+	// does the same): the daemon then reads the image as the pull did.
+	c := control.Credential{}
+	if cred.Username != "" || cred.IdentityToken != "" {
+		c = control.Credential{Username: cred.Username, Password: cred.Password, IdentityToken: cred.IdentityToken}
 	}
 	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	err = control.NewClient(o.DaemonSocket).Handover(hctx, map[string]control.Credential{
-		ref.String(): {Username: cred.Username, Password: cred.Password, IdentityToken: cred.IdentityToken},
-	})
+	err = control.NewClient(o.DaemonSocket).Handover(hctx, map[string]control.Credential{ref.String(): c})
 	if err != nil {
 		log.WithError(err).Warn("Handing credentials over to the layer store failed")
 	}
@@ -426,8 +476,15 @@ func (lp *layerPuller) prepare(ctx context.Context, i int) (preparedLayer, error
 		return preparedLayer{identity: LayerIdentity{DiffID: d}}, nil
 	}
 	if !lp.opts.Eager {
-		if al := lp.lookupLazy(blob.Digest); al != nil {
-			return preparedLayer{identity: LayerIdentity{TOCDigest: blob.Digest}, al: al}, nil
+		switch {
+		case lp.opts.Identity == IdentityTOC:
+			if al := lp.lookupLazy(blob.Digest); al != nil {
+				return preparedLayer{identity: LayerIdentity{TOCDigest: blob.Digest}, al: al}, nil
+			}
+		case want != "": // a layer identified by DiffID needs the config's
+			if al := lp.lookupLazy(blob.Digest); al != nil {
+				return preparedLayer{identity: LayerIdentity{DiffID: want}, al: al}, nil
+			}
 		}
 	}
 	file, diffID, err := lp.download(ctx, i)
@@ -454,18 +511,27 @@ func (lp *layerPuller) verifiedDiffID(dgst digest.Digest) digest.Digest {
 	return ""
 }
 
-// lookupLazy asks the store's Additional Layer Store for the blob dgst under
-// the pseudo-TOC reference; nil means "not served".
+// lookupLazy asks the store's Additional Layer Store for the blob dgst (under
+// the pseudo-TOC reference for IdentityTOC, the image reference itself for
+// IdentityDiffID); nil means "not served".
 func (lp *layerPuller) lookupLazy(dgst digest.Digest) storage.AdditionalLayer {
 	log := lp.log.WithField("layer", dgst)
-	al, err := lp.store.LookupAdditionalLayer(dgst, TOCRef(lp.ref.String()))
+	ref := lp.ref.String()
+	if lp.opts.Identity == IdentityTOC {
+		ref = TOCRef(ref)
+	}
+	al, err := lp.store.LookupAdditionalLayer(dgst, ref)
 	if err != nil {
 		if !errors.Is(err, storage.ErrLayerUnknown) {
 			log.WithError(err).Warn("Additional Layer Store lookup failed; pulling the layer")
 		}
 		return nil
 	}
-	if got := al.TOCDigest(); got != dgst {
+	want := dgst
+	if lp.opts.Identity == IdentityDiffID {
+		want = ""
+	}
+	if got := al.TOCDigest(); got != want {
 		// An older store without the pseudo-TOC identity, or a confused
 		// one: its layer must not enter the store.
 		al.Release()

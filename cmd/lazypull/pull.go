@@ -34,6 +34,7 @@ type pullFlags struct {
 	eager, quiet      bool
 	verify            bool
 	verifyTimeout     time.Duration
+	identity          string
 }
 
 func newPullCommand(g *globalFlags) *cobra.Command {
@@ -44,14 +45,23 @@ func newPullCommand(g *globalFlags) *cobra.Command {
 		Long: `Pulls IMAGE from its registry into the containers/storage store podman and
 buildah use (the same storage.conf, or --root/--runroot/--storage-driver/--storage-opt),
 creating every layer the running layer store serves lazily, and pulling the others
-the ordinary way. Stock podman >= 5 then runs, inspects, saves and removes the image
-like any other. (podman 4.x pulls lazily by itself through storage.conf, and cannot
-list images whose layers are TOC-identified: see contrib/README.md.)
+the ordinary way. Stock podman >= 5 then runs, inspects, builds on, saves and
+removes the image like any other. (podman 4.x pulls lazily by itself through
+storage.conf, and cannot list images whose layers are TOC-identified: see
+contrib/README.md.)
 
 Stock podman >= 5.1 never asks the layer store for plain gzip layers; this command
-(or a podman built with lazypull's storage driver) does. Lazily served layers get
-an identity of their own (a pseudo TOC digest), so they are never confused with
-verified layers of ordinary pulls.
+(or a podman built with lazypull's storage driver) does.
+
+Lazily served layers get the record a download would give them (--identity
+diffid, the default): their DiffID, sizes and ordinary layer and image IDs. podman
+then treats the image as its own: "podman pull" of it later reuses every layer and
+the image, "podman build"/"commit" on top of it reuse its layers without reading
+them, and "podman images" never reads a layer's files for its size. With
+--identity toc they get an identity of their own instead (a pseudo TOC digest), so
+that ordinary pulls never share content the layer store has not verified as a
+whole yet; podman then re-downloads the image on "podman pull" (keeping both) and
+builds on it by reading its layers ("lazypull verify" gives them DiffIDs).
 
 The layer store must be running ("lazypull serve"); without it, or with --eager,
 the pull is an ordinary one. Run by an unprivileged user, the command continues in
@@ -64,7 +74,9 @@ store is mounted (contrib/systemd/user/lazypull.service).`,
 					return err
 				}
 			}
-			return runPull(cmd.Context(), g, f, args[0], cmd.OutOrStdout(), cmd.ErrOrStderr())
+			ctx, stop := signalContext(cmd.Context())
+			defer stop()
+			return runPull(ctx, g, f, args[0], cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	fl := cmd.Flags()
@@ -79,6 +91,7 @@ store is mounted (contrib/systemd/user/lazypull.service).`,
 	fl.BoolVarP(&f.quiet, "quiet", "q", false, "print only the image ID")
 	fl.BoolVar(&f.verify, "verify", false, "after the pull, wait until the layer store has fetched and verified every lazy layer, then make them ordinary DiffID-identified layers (podman 4.x can then use the image)")
 	fl.DurationVar(&f.verifyTimeout, "verify-timeout", 30*time.Minute, "how long --verify waits")
+	fl.StringVar(&f.identity, "identity", storagedriver.IdentityDiffID.String(), `how lazily served layers are identified: "diffid" (the record a download would write; podman shares them with its own pulls and builds) or "toc" (a namespace of their own until verified)`)
 	return cmd
 }
 
@@ -102,6 +115,10 @@ func reexecInUserNamespace() error {
 
 func runPull(ctx context.Context, g *globalFlags, f *pullFlags, name string, stdout, stderr io.Writer) error {
 	cfg, err := loadConfig(g)
+	if err != nil {
+		return err
+	}
+	identity, err := storagedriver.ParseIdentity(f.identity)
 	if err != nil {
 		return err
 	}
@@ -152,7 +169,7 @@ func runPull(ctx context.Context, g *globalFlags, f *pullFlags, name string, std
 		return err
 	}
 	opts := &storagedriver.Options{
-		SystemContext: sys, PolicyContext: pc, Eager: f.eager,
+		SystemContext: sys, PolicyContext: pc, Eager: f.eager, Identity: identity,
 		DaemonSocket: cfg.Socket, Log: newLogger(cfg),
 		Progress: func(l storagedriver.LayerResult) {
 			fmt.Fprintf(progress, "%s  %-6s  %s\n", shortDigest(l.Digest.String()), l.Source, size(l.Size))
@@ -185,7 +202,7 @@ func promote(ctx context.Context, store storage.Store, cfg config.Config, image 
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(progress, "Verified: %d layers now identified by DiffID (%d were already)\n", len(pr.Promoted), pr.Already)
+	fmt.Fprintf(progress, "Verified: %d layers now identified by DiffID (%d were already), %d lazy layers identified by DiffID verified\n", len(pr.Promoted), pr.Already, len(pr.Verified))
 	return nil
 }
 
@@ -196,10 +213,16 @@ func newVerifyCommand(g *globalFlags) *cobra.Command {
 		Short: "Wait until a lazily pulled image is fetched and verified, then make its layers ordinary ones",
 		Long: `Waits until the layer store has fetched every lazily served layer of IMAGE (in
 podman's storage, as "lazypull pull" put it there) and verified it as a whole: blob
-digest, DiffID from the image config, every tar header. Then the layers get their
-DiffIDs, like layers of an ordinary pull: podman 4.x and buildah 1.2x (which need a
-DiffID for every layer) can list, inspect, run and save the image, and later pulls
-may reuse its layers. The files are still served by the layer store.`,
+digest, DiffID from the image config, every tar header. Then layers pulled with
+--identity toc get their DiffIDs, like layers of an ordinary pull: podman 4.x and
+buildah 1.2x (which need a DiffID for every layer) can list, inspect, run and save
+the image, and later pulls may reuse its layers. The files are still served by the
+layer store.
+
+It asks the layer store to serve each layer first (a restarted store takes it up
+again), and fails at once, saying why, when the store cannot serve a layer, found
+one bad, or will not fetch it (prefetch and verification off). Interrupted
+(SIGINT, SIGTERM), it stops and leaves nothing mounted.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if os.Geteuid() != 0 {
@@ -207,6 +230,8 @@ may reuse its layers. The files are still served by the layer store.`,
 					return err
 				}
 			}
+			ctx, stop := signalContext(cmd.Context())
+			defer stop()
 			cfg, err := loadConfig(g)
 			if err != nil {
 				return err
@@ -220,7 +245,7 @@ may reuse its layers. The files are still served by the layer store.`,
 				return fmt.Errorf("open storage: %w", err)
 			}
 			defer func() { _, _ = store.Shutdown(false) }()
-			return promote(cmd.Context(), store, cfg, strings.TrimPrefix(args[0], "docker://"), f.verifyTimeout, cmd.ErrOrStderr())
+			return promote(ctx, store, cfg, strings.TrimPrefix(args[0], "docker://"), f.verifyTimeout, cmd.ErrOrStderr())
 		},
 	}
 	fl := cmd.Flags()

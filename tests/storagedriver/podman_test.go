@@ -63,12 +63,15 @@ func inspect(t *testing.T, p *testenv.Podman, ref, format string) string {
 //
 //   - An ordinary pull (--eager) gets exactly the IDs podman's own pull
 //     gives, and podman lists, inspects, runs and removes it.
-//   - A lazy pull's layers and image record load in podman's storage: it
+//   - A lazy pull's (--identity toc) layers and image record load in podman's storage: it
 //     mounts the image from the layer store (the tree is exact) and removes
 //     it. Listing, inspecting and running it fail in containers/image 5.23,
 //     which requires a DiffID for every layer and predates TOC-identified
 //     layers (podman >= 5 reads them: TestLazyImageReadableByContainersImage);
 //     the expected error is pinned so that a change is noticed.
+//   - A lazy pull with the default identity (DiffID, the record a download
+//     writes): podman 4.3.1 lists, inspects, runs (exact bytes) and removes
+//     it while its layers are served by the store.
 func TestStockPodmanReadsLazypullStore(t *testing.T) {
 	f := newFixture(t, testImage())
 	ref := f.ref(testImage())
@@ -112,7 +115,7 @@ func TestStockPodmanReadsLazypullStore(t *testing.T) {
 	})
 
 	t.Run("lazy", func(t *testing.T) {
-		lazypullPull(t, f.daemon, p, ref)
+		lazypullPull(t, f.daemon, p, "--identity", "toc", ref) // the separate namespace this test pins
 		recs := storedLayers(t, p)
 		toc := 0
 		for _, r := range recs {
@@ -146,6 +149,37 @@ func TestStockPodmanReadsLazypullStore(t *testing.T) {
 		}
 		if _, _, err := p.Run("images"); err != nil {
 			t.Errorf("podman images after rmi: %v", err)
+		}
+	})
+
+	// The default identity (DiffID): the record a download writes, so
+	// podman 4.3.1 lists, inspects and runs the lazy image as its own.
+	t.Run("lazy-diffid", func(t *testing.T) {
+		id := lazypullPull(t, f.daemon, p, ref)
+		if id != img.ConfigDigest.Encoded() {
+			t.Errorf("lazypull pull: image %s, want the config digest %s", id, img.ConfigDigest.Encoded())
+		}
+		lazy := 0
+		for _, r := range storedLayers(t, p) {
+			if r["toc-digest"] != nil || r["diff-digest"] == nil || r["compressed-diff-digest"] == nil {
+				t.Errorf("layer record %v, want a compressed and an uncompressed digest and no TOC digest", r)
+			}
+			if target, err := os.Readlink(filepath.Join(p.Root, "overlay", r["id"].(string), "diff")); err == nil && strings.HasPrefix(target, f.daemon.MountPoint+"/") {
+				lazy++
+			}
+		}
+		if lazy != len(lazyLayers(img)) {
+			t.Errorf("%d layers served by the store, want %d", lazy, len(lazyLayers(img)))
+		}
+		if out := inspect(t, p, ref, "{{.ID}}"); out != id {
+			t.Errorf("podman 4.3.1 image inspect: %q, want %s", out, id)
+		}
+		checkContainerFiles(t, p, ref, want)
+		if _, _, err := p.Run("rmi", ref); err != nil {
+			t.Fatalf("podman rmi: %v", err)
+		}
+		if recs := storedLayers(t, p); len(recs) != 0 {
+			t.Errorf("%d layers left after podman rmi, want 0", len(recs))
 		}
 	})
 }
@@ -202,7 +236,7 @@ func TestStockPodmanRunsVerifiedLazyImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := lazypullPull(t, f.daemon, p, "--verify", ref)
+	id := lazypullPull(t, f.daemon, p, "--identity", "toc", "--verify", ref)
 	recs := storedLayers(t, p)
 	promoted := 0
 	for _, r := range recs {

@@ -305,7 +305,7 @@ func TestRootlessPodman(t *testing.T) {
 	// lazypull pull (podman >= 5's path): it continues in podman's user
 	// namespace by itself.
 	f.proxy.Reset()
-	id := u.mustRun(u.bin, "pull", "--quiet", ref)
+	id := u.mustRun(u.bin, "pull", "--quiet", "--identity", "toc", ref)
 	t.Logf("rootless lazypull pull: image %s, %s of blobs fetched", id, mb(f.proxy.Stats().BlobBytes()))
 	storage := filepath.Join(u.home, ".local", "share", "containers", "storage")
 	if n := countLinks(t, storage, mnt); n != len(lazyLayers(img)) {

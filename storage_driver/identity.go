@@ -51,11 +51,15 @@ func encoded(d digest.Digest) string {
 	return string(d)
 }
 
-// ImageID returns the image ID containers/image v5.36 gives an image with
-// config digest configDigest whose layers have the identities ids: the
-// config digest when every layer is verified, otherwise a digest over the
-// TOC digests, so that an image with unverified layers never takes the ID
-// of the verified image (and the other way round).
+// ImageID returns the ID of an image with config digest configDigest whose
+// layers have the identities ids: the config digest when every layer is
+// verified (as containers/image gives it), otherwise a digest over the TOC
+// digests, so that an image with unverified layers never takes the ID of
+// the verified image (and the other way round). Unlike containers/image
+// v5.36, whose TOC image ID leaves the config out, the config digest is part
+// of it: two images with the same layers and different configs (a retag
+// with a new CMD or LABEL) must not share an ID, or the second pull
+// overwrites the first image's manifest and config.
 func ImageID(configDigest digest.Digest, ids []LayerIdentity) string {
 	var b strings.Builder
 	byTOC := false
@@ -70,7 +74,7 @@ func ImageID(configDigest digest.Digest, ids []LayerIdentity) string {
 		return encoded(configDigest)
 	}
 	// A config is JSON; "@" keeps the input from ever being one.
-	return digest.Canonical.FromString("@With TOC:" + b.String()).Encoded()
+	return digest.Canonical.FromString("@With TOC:" + b.String() + "@config:" + configDigest.String()).Encoded()
 }
 
 // TOCRef returns the image reference under which the layer store is asked

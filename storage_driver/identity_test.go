@@ -50,13 +50,19 @@ func TestImageID(t *testing.T) {
 	}{
 		{"all verified: the config digest", []LayerIdentity{{DiffID: a}, {DiffID: b}}, config.Encoded()},
 		{"no layers: the config digest", nil, config.Encoded()},
-		{"one TOC layer", []LayerIdentity{{TOCDigest: a}, {DiffID: b}}, sha("@With TOC:" + a.String() + "||")},
-		{"all TOC layers", []LayerIdentity{{TOCDigest: a}, {TOCDigest: b}}, sha("@With TOC:" + a.String() + "|" + b.String() + "|")},
+		{"one TOC layer", []LayerIdentity{{TOCDigest: a}, {DiffID: b}}, sha("@With TOC:" + a.String() + "||@config:" + config.String())},
+		{"all TOC layers", []LayerIdentity{{TOCDigest: a}, {TOCDigest: b}}, sha("@With TOC:" + a.String() + "|" + b.String() + "|@config:" + config.String())},
 	}
 	for _, tc := range tests {
 		if got := ImageID(config, tc.ids); got != tc.want {
 			t.Errorf("%s: ImageID = %s, want %s", tc.name, got, tc.want)
 		}
+	}
+	// The same TOC layers under another config (a retag with a new CMD):
+	// another image, another ID.
+	toc := []LayerIdentity{{TOCDigest: a}, {TOCDigest: b}}
+	if ImageID(config, toc) == ImageID(digest.FromString("other config"), toc) {
+		t.Error("two configs over the same TOC layers share an image ID")
 	}
 }
 

@@ -279,17 +279,19 @@ func (s *Store) Close() error {
 
 // background runs fn on a goroutine the store owns: its context ends, and
 // Close waits for it, when the store closes.
-func (s *Store) background(fn func(ctx context.Context)) {
+// It reports whether fn was started (not when the store closes).
+func (s *Store) background(fn func(ctx context.Context)) bool {
 	s.bgMu.Lock()
 	defer s.bgMu.Unlock()
 	if s.closing {
-		return
+		return false
 	}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		fn(s.ctx)
 	}()
+	return true
 }
 
 // Client returns the registry client (for `lazypull index`).
@@ -611,7 +613,13 @@ func (s *Store) newLayer(p layerParts, log *logrus.Entry) *layer {
 		l.checks = ztoc.NewHeaderChecks(len(p.idx.Entries()))
 	}
 	l.onBad = func(reason string) { s.markBad(l, reason) }
-	l.verifyNow = func(ctx context.Context) error { return s.verifyLayerAt(ctx, l, spans.Demand) }
+	l.verifyNow = func(ctx context.Context) error { return s.verifyShared(ctx, l, spans.Demand) }
+	l.startProof = func(p spans.Priority) *verifyRun { return s.startVerify(l, p) }
+	if z, ok := p.idx.(*ztocIndex); ok && z.hasWindows() {
+		// Cleared in effect once verified (a trusted index is verified at
+		// once): see proof.go.
+		l.proof.needed = true
+	}
 	l.spans = spans.New(spans.Options{
 		Layout:    p.idx.Layout(),
 		Sources:   l.sources,

@@ -1,0 +1,487 @@
+package layerstore
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/lazypull/lazypull/layerstore/alsfs"
+	"github.com/lazypull/lazypull/layerstore/config"
+	"github.com/lazypull/lazypull/layerstore/control"
+	"github.com/lazypull/lazypull/tests/testenv"
+	"github.com/lazypull/lazypull/ztoc"
+)
+
+// Adversarial indexes (issue 10): zTOCs and SOCI indexes crafted with
+// ztoc's own builder and encoder, served by Debian's docker-registry. Each
+// is refused at lookup, or caught before or at the first read that would
+// use what it lies about: the read fails (EIO at the FUSE boundary) and no
+// byte returned ever differs from the layer's; the daemon goes on serving
+// other layers.
+
+// wordsLayer is a gzip layer of repeated text (so that spans copy from
+// their checkpoint windows) holding "alpha" everywhere, with a hard link,
+// small files and a file with an xattr, over many 64 KiB spans.
+func wordsLayer(t testing.TB, seed uint64) *testLayer {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(seed, 7))
+	words := []string{"alpha", "beta", "gamma", "delta", "alpha-beta", "epsilon"}
+	text := func(n int) []byte {
+		var b bytes.Buffer
+		for b.Len() < n {
+			fmt.Fprintf(&b, "%s %s %d\n", words[rng.IntN(len(words))], words[rng.IntN(len(words))], rng.IntN(50))
+		}
+		return b.Bytes()[:n]
+	}
+	files := []testFile{
+		{name: "etc/", typ: tar.TypeDir},
+		{name: "etc/motd", typ: tar.TypeReg, data: text(300)},
+		{name: "data/", typ: tar.TypeDir},
+		{name: "data/a.txt", typ: tar.TypeReg, data: text(400 << 10)},
+		{name: "data/small.bin", typ: tar.TypeReg, data: text(3000)},
+		{name: "data/b.txt", typ: tar.TypeReg, data: text(300 << 10)},
+		{name: "data/link", typ: tar.TypeLink, link: "data/small.bin"},
+		{name: "data/c.txt", typ: tar.TypeReg, data: text(200 << 10)},
+	}
+	return newTestLayer(t, files)
+}
+
+// realRegistry starts Debian's docker-registry and returns it as a
+// testRegistry for the push helpers (requests are not recorded).
+func realRegistry(t *testing.T) *testRegistry {
+	t.Helper()
+	r := testenv.StartRegistry(t, testenv.RegistryOptions{})
+	return &testRegistry{host: r.Host, url: "http://" + r.Host}
+}
+
+// editCheckpointsOf rewrites z's checkpoints and windows with edit, then
+// recomputes every span digest from the layer's blob, as a forger can.
+func editCheckpointsOf(t testing.TB, l *testLayer, z *ztoc.Ztoc, edit func(p []ztoc.Checkpoint, w [][]byte)) {
+	t.Helper()
+	ci := &z.CompressionInfo
+	tab, err := ztoc.ParseCheckpoints(bytes.NewReader(ci.Checkpoints), int64(len(ci.Checkpoints)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	points := append([]ztoc.Checkpoint(nil), tab.Points...)
+	windows := make([][]byte, len(points))
+	for i := range windows {
+		if windows[i], err = tab.Window(i, make([]byte, ztoc.WindowSize)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	edit(points, windows)
+	var buf bytes.Buffer
+	if err := ztoc.EncodeCheckpoints(&buf, tab.SpanSize, points, windows); err != nil {
+		t.Fatal(err)
+	}
+	ci.Checkpoints = buf.Bytes()
+	x, err := ztoc.NewLayerIndex(z, nil, 0, ztoc.WithLimits(ztoc.Limits{}))
+	if err == nil {
+		ci.SpanDigests = ci.SpanDigests[:0]
+		for id := 0; id < x.NumSpans(); id++ {
+			c0, c1 := x.SpanCompressedRange(ztoc.SpanID(id))
+			ci.SpanDigests = append(ci.SpanDigests, digest.FromBytes(l.blob[c0:c1]))
+		}
+		return
+	}
+	// The edit broke the digests' count or ranges: resign with a
+	// placeholder first (NewLayerIndex checks one digest per span).
+	ci.SpanDigests = make([]digest.Digest, len(points))
+	for i := range ci.SpanDigests {
+		ci.SpanDigests[i] = digest.FromString("placeholder")
+	}
+	ci.MaxSpanID = ztoc.SpanID(len(points) - 1)
+	if x, err = ztoc.NewLayerIndex(z, nil, 0); err != nil {
+		t.Fatalf("the edited zTOC does not open: %v", err)
+	}
+	ci.SpanDigests = ci.SpanDigests[:0]
+	for id := 0; id < x.NumSpans(); id++ {
+		c0, c1 := x.SpanCompressedRange(ztoc.SpanID(id))
+		ci.SpanDigests = append(ci.SpanDigests, digest.FromBytes(l.blob[c0:c1]))
+	}
+}
+
+// forgedWindowSpan returns a checkpoint k > 0 whose window, edited "alpha"
+// -> "ALPHA", makes span k inflate to other bytes (no error), so the edit
+// would serve wrong bytes if it were used.
+func forgedWindowSpan(t testing.TB, l *testLayer) int {
+	t.Helper()
+	for k := 1; ; k++ {
+		z := buildZtoc(t, l, nil)
+		x := z.openIndex(t)
+		if k >= x.NumSpans() {
+			t.Fatal("no span of the layer copies \"alpha\" from its window")
+		}
+		res, _ := ztoc.Build(context.Background(), bytes.NewReader(l.blob), ztoc.BuildOptions{SpanSize: testSpanSize})
+		editCheckpointsOf(t, l, res.Ztoc, func(_ []ztoc.Checkpoint, w [][]byte) {
+			w[k] = bytes.ReplaceAll(w[k], []byte("alpha"), []byte("ALPHA"))
+		})
+		fx, err := ztoc.NewLayerIndex(res.Ztoc, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c0, c1 := fx.SpanCompressedRange(ztoc.SpanID(k))
+		u0, u1 := fx.SpanUncompressedRange(ztoc.SpanID(k))
+		got, err := fx.InflateSpan(ztoc.SpanID(k), l.blob[c0:c1], nil)
+		if err == nil && !bytes.Equal(got, l.tar[u0:u1]) && bytes.Contains(got, []byte("ALPHA")) {
+			return k
+		}
+	}
+}
+
+// patchEntryCount makes a marshaled zTOC claim n entries: it finds the
+// file table's vector (its length is the zTOC's entry count, followed by
+// that many forward offsets) and rewrites the length.
+func patchEntryCount(t testing.TB, b []byte, have, n int) []byte {
+	t.Helper()
+	b = bytes.Clone(b)
+	found := -1
+	for p := 0; p+4+4*have <= len(b); p += 4 {
+		if binary.LittleEndian.Uint32(b[p:]) != uint32(have) {
+			continue
+		}
+		ok := true
+		for i := 0; i < have && ok; i++ {
+			at := p + 4 + 4*i
+			off := int(binary.LittleEndian.Uint32(b[at:]))
+			ok = off > 0 && at+off+4 <= len(b)
+			if ok {
+				// A table: its soffset leads to a vtable of a few
+				// uint16 fields.
+				tab := at + off
+				vt := tab - int(int32(binary.LittleEndian.Uint32(b[tab:])))
+				ok = vt >= 0 && vt+4 <= len(b)
+				if ok {
+					vs, ts := binary.LittleEndian.Uint16(b[vt:]), binary.LittleEndian.Uint16(b[vt+2:])
+					ok = vs >= 4 && vs%2 == 0 && vs <= 64 && ts >= 4 && ts < 1024
+				}
+			}
+		}
+		if ok {
+			if found >= 0 {
+				t.Fatalf("two candidate entry vectors at %d and %d", found, p)
+			}
+			found = p
+		}
+	}
+	if found < 0 {
+		t.Fatal("no entry vector found")
+	}
+	binary.LittleEndian.PutUint32(b[found:], uint32(n))
+	return b
+}
+
+// tamper is one adversarial index.
+type tamper struct {
+	name string
+	// edit changes the zTOC built from the layer (before marshaling), or
+	// raw replaces the marshaled zTOC.
+	edit func(t testing.TB, l *testLayer, z *ztoc.Ztoc)
+	raw  func(t testing.TB, l *testLayer, data []byte) []byte
+	// target is a file whose read must fail ("" when the lookup is refused).
+	target string
+	// refused: the lookup does not serve the layer from this index.
+	refused bool
+}
+
+func tampers(t testing.TB, l *testLayer) []tamper {
+	forged := forgedWindowSpan(t, l)
+	x := buildZtoc(t, l, nil).openIndex(t)
+	// A file whose data lies in the forged span.
+	spanFile := func(k int) string {
+		u0, u1 := x.SpanUncompressedRange(ztoc.SpanID(k))
+		for _, e := range x.Entries() {
+			if e.Type == ztoc.TypeReg && e.UncompressedOffset < u1 && e.UncompressedOffset+e.UncompressedSize > u0 {
+				return e.Name
+			}
+		}
+		t.Fatalf("no file in span %d", k)
+		return ""
+	}
+	entry := func(z *ztoc.Ztoc, name string) *ztoc.FileMetadata {
+		for i := range z.TOC.FileMetadata {
+			if z.TOC.FileMetadata[i].Name == name {
+				return &z.TOC.FileMetadata[i]
+			}
+		}
+		t.Fatalf("no entry %s", name)
+		return nil
+	}
+	// A checkpoint in the middle of the layer, to move.
+	mid := x.NumSpans() / 2
+	return []tamper{
+		{name: "window alpha->ALPHA", target: spanFile(forged), edit: func(t testing.TB, l *testLayer, z *ztoc.Ztoc) {
+			editCheckpointsOf(t, l, z, func(_ []ztoc.Checkpoint, w [][]byte) {
+				w[forged] = bytes.ReplaceAll(w[forged], []byte("alpha"), []byte("ALPHA"))
+			})
+		}},
+		{name: "checkpoint bits", target: spanFile(mid), edit: func(t testing.TB, l *testLayer, z *ztoc.Ztoc) {
+			editCheckpointsOf(t, l, z, func(p []ztoc.Checkpoint, _ [][]byte) {
+				if p[mid].Bits == 0 {
+					p[mid].In++
+				}
+				p[mid].Bits = (p[mid].Bits + 1) % 8
+			})
+		}},
+		{name: "checkpoint out", target: spanFile(mid), edit: func(t testing.TB, l *testLayer, z *ztoc.Ztoc) {
+			editCheckpointsOf(t, l, z, func(p []ztoc.Checkpoint, _ [][]byte) { p[mid].Out += 100 })
+		}},
+		{name: "moved file offset", target: "data/b.txt", edit: func(t testing.TB, l *testLayer, z *ztoc.Ztoc) {
+			entry(z, "data/b.txt").UncompressedOffset += 512
+		}},
+		{name: "renamed entry", target: "data/evil.txt", edit: func(t testing.TB, l *testLayer, z *ztoc.Ztoc) {
+			entry(z, "data/c.txt").Name = "data/evil.txt"
+		}},
+		{name: "PAX override (uid, xattr)", target: "data/a.txt", edit: func(t testing.TB, l *testLayer, z *ztoc.Ztoc) {
+			e := entry(z, "data/a.txt")
+			e.UID, e.GID = 0, 0
+			if e.PAXRecords == nil {
+				e.PAXRecords = map[string]string{}
+			}
+			e.PAXRecords["uid"] = "0"
+			e.PAXRecords["SCHILY.xattr.security.capability"] = "\x01\x00\x00\x02\xff\xff\xff\xff"
+		}},
+		{name: "hard link claiming setuid root", refused: true, edit: func(t testing.TB, l *testLayer, z *ztoc.Ztoc) {
+			e := entry(z, "data/link")
+			e.Mode |= 0o4000
+			e.UID, e.GID = 0, 0
+		}},
+		{name: "2^49-byte span", refused: true, raw: func(t testing.TB, l *testLayer, _ []byte) []byte {
+			res, err := ztoc.Build(context.Background(), bytes.NewReader(l.blob), ztoc.BuildOptions{SpanSize: testSpanSize})
+			if err != nil {
+				t.Fatal(err)
+			}
+			z := res.Ztoc
+			const huge = int64(1) << 49
+			var buf bytes.Buffer
+			win := make([]byte, ztoc.WindowSize)
+			tab, _ := ztoc.ParseCheckpoints(bytes.NewReader(z.CompressionInfo.Checkpoints), int64(len(z.CompressionInfo.Checkpoints)))
+			p0 := tab.Points[0]
+			if err := ztoc.EncodeCheckpoints(&buf, tab.SpanSize, []ztoc.Checkpoint{p0, {In: 6e11, Out: huge}}, [][]byte{win, win}); err != nil {
+				t.Fatal(err)
+			}
+			z.CompressionInfo.Checkpoints = buf.Bytes()
+			z.CompressionInfo.SpanDigests = []digest.Digest{digest.FromString("a"), digest.FromString("b")}
+			z.CompressionInfo.MaxSpanID = 1
+			z.UncompressedArchiveSize = huge + 1<<20
+			z.CompressedArchiveSize = 1e12
+			b, err := ztoc.Marshal(z, ztoc.WithLimits(ztoc.Limits{MaxSpanSize: 1 << 50}))
+			if err != nil {
+				t.Fatalf("Marshal of the 2^49-byte span: %v", err)
+			}
+			return b
+		}},
+		{name: "3 million entries", refused: true, raw: func(t testing.TB, l *testLayer, data []byte) []byte {
+			return patchEntryCount(t, data, len(x.Entries()), 3_000_000)
+		}},
+	}
+}
+
+// readAllCareful reads every file of the layer in stream order; every byte
+// returned must be the layer's. It returns the files whose read failed.
+func readAllCareful(t *testing.T, c alsfs.LayerContent, l *testLayer) map[string]error {
+	t.Helper()
+	failed := map[string]error{}
+	for i, e := range c.Entries() {
+		if e.Type != ztoc.TypeReg {
+			continue
+		}
+		want, _ := l.content(e.Name)
+		got, err := readFile(context.Background(), c, i, int(e.UncompressedSize), 64<<10)
+		if len(got) > len(want) || !bytes.Equal(got, want[:len(got)]) {
+			t.Fatalf("read %s returned %d bytes that are not the layer's (err %v): a wrong byte reached a reader", e.Name, len(got), err)
+		}
+		if err != nil {
+			failed[e.Name] = err
+		} else if len(got) != len(want) {
+			t.Fatalf("read %s returned %d bytes without error, the file has %d", e.Name, len(got), len(want))
+		}
+	}
+	return failed
+}
+
+// TestAdversarialIndexes serves each adversarial index from a SOCI index
+// in a real registry: refused at lookup, or caught at the first read that
+// needs what it lies about (no wrong byte); the daemon then serves another
+// image's layer exactly. Then the same with whole-layer verification on and
+// prefetch off: verification completes and marks each served one bad.
+func TestAdversarialIndexes(t *testing.T) {
+	reg := realRegistry(t)
+	l := wordsLayer(t, 1)
+	good := stdLayer(t, 2, 200, 100)
+	goodImg := pushImageTo(t, reg.host, "app/good", "v1", []*testLayer{good}, imageOptions{})
+	reg.pushSociV1(t, goodImg, []*testZtoc{buildZtoc(t, good, nil)})
+	for i, tc := range tampers(t, l) {
+		t.Run(tc.name, func(t *testing.T) {
+			img := pushImageTo(t, reg.host, fmt.Sprintf("evil/case%d", i), "v1", []*testLayer{l}, imageOptions{})
+			res, err := ztoc.Build(context.Background(), bytes.NewReader(l.blob), ztoc.BuildOptions{SpanSize: testSpanSize})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var data []byte
+			if tc.edit != nil {
+				tc.edit(t, l, res.Ztoc)
+				if data, err = ztoc.Marshal(res.Ztoc); err != nil {
+					t.Fatalf("Marshal: %v", err)
+				}
+			} else {
+				honest, err := ztoc.Marshal(res.Ztoc)
+				if err != nil {
+					t.Fatal(err)
+				}
+				data = tc.raw(t, l, honest)
+			}
+			z := &testZtoc{layer: l, data: data, digest: digest.FromBytes(data)}
+			reg.pushSociV1(t, img, []*testZtoc{z})
+
+			for _, verify := range []bool{false, true} {
+				s := newTestStore(t, reg, func(c *config.Config) {
+					c.Index.OnDemand = "off" // a refused index is not replaced silently
+					c.Prefetch.Enabled = false
+					c.Verify.Enabled = verify
+				}, Options{})
+				lv, err := s.lookup(t, img.ref, l.digest)
+				switch {
+				case tc.refused && err == nil:
+					t.Fatalf("lookup served the layer from the index")
+				case tc.refused:
+					if !errors.Is(err, ErrNotServed) && !errors.Is(err, ErrNoIndex) && !errors.Is(err, ztoc.ErrLimit) {
+						t.Errorf("lookup = %v, want not served (header mismatch or limit)", err)
+					}
+					if _, ls := s.status(t, l.digest); ls != nil {
+						t.Errorf("status lists the refused layer: %+v", ls)
+					}
+				case err != nil:
+					t.Fatalf("lookup = %v, want the layer served (the lie is caught at read)", err)
+				case verify:
+					// Prefetch off: whole-layer verification runs anyway
+					// and finds the lie without any read.
+					ls := s.waitLayer(t, l.digest, 60*time.Second, "marked bad by verification", func(ls *control.LayerStatus) bool { return ls.Bad != "" })
+					if ls.Verified || !strings.Contains(ls.Bad, "verification") {
+						t.Errorf("status %+v, want bad by whole-layer verification", ls)
+					}
+				default:
+					c, err := lv.Content()
+					if err != nil {
+						t.Fatal(err)
+					}
+					failed := readAllCareful(t, c, l)
+					ferr, ok := failed[tc.target]
+					if !ok {
+						t.Fatalf("reading %s through the index succeeded; failed reads: %v", tc.target, failed)
+					}
+					if !errors.Is(ferr, ErrLayerBad) && !errors.Is(ferr, ztoc.ErrHeaderMismatch) {
+						t.Errorf("read %s = %v, want ErrLayerBad or a header mismatch (EIO)", tc.target, ferr)
+					}
+					if errors.Is(ferr, context.Canceled) || errors.Is(ferr, context.DeadlineExceeded) {
+						t.Errorf("read %s = %v: alsfs answers EINTR for that, want EIO", tc.target, ferr)
+					}
+					if _, ls := s.status(t, l.digest); ls == nil || ls.Bad == "" || ls.Verified {
+						t.Errorf("status after the failed read %+v, want the layer bad", ls)
+					}
+				}
+				// The daemon survives and serves another layer exactly.
+				checkAllFiles(t, s.mustLookup(t, goodImg.ref, good.digest), good, 1<<20)
+				s.closeStore()
+			}
+		})
+	}
+}
+
+// TestPoisonedSharedBaseLayer: two images in two repositories share a base
+// layer; one repository's SOCI index for it has a forged window. The other
+// image's layer is served from its own (honest) index and reads exactly,
+// before and after the poisoned one was caught, in either order.
+func TestPoisonedSharedBaseLayer(t *testing.T) {
+	reg := realRegistry(t)
+	base := wordsLayer(t, 3)
+	forged := forgedWindowSpan(t, base)
+	evil := pushImageTo(t, reg.host, "evil/app", "v1", []*testLayer{base}, imageOptions{})
+	honest := pushImageTo(t, reg.host, "good/app", "v1", []*testLayer{base}, imageOptions{})
+	poisoned := buildZtoc(t, base, func(z *ztoc.Ztoc) {
+		editCheckpointsOf(t, base, z, func(_ []ztoc.Checkpoint, w [][]byte) {
+			w[forged] = bytes.ReplaceAll(w[forged], []byte("alpha"), []byte("ALPHA"))
+		})
+	})
+	reg.pushSociV1(t, evil, []*testZtoc{poisoned})
+	reg.pushSociV1(t, honest, []*testZtoc{buildZtoc(t, base, nil)})
+
+	for _, evilFirst := range []bool{true, false} {
+		t.Run(fmt.Sprintf("evil first %v", evilFirst), func(t *testing.T) {
+			s := newTestStore(t, reg, func(c *config.Config) { c.Index.OnDemand = "off" }, Options{})
+			var ev, gv alsfs.Layer
+			if evilFirst {
+				ev = s.mustLookup(t, evil.ref, base.digest)
+				gv = s.mustLookup(t, honest.ref, base.digest)
+			} else {
+				gv = s.mustLookup(t, honest.ref, base.digest)
+				ev = s.mustLookup(t, evil.ref, base.digest)
+			}
+			if ev.(*layerView).l == gv.(*layerView).l {
+				t.Fatal("both images are served by one layer: the poisoned index serves the other repository")
+			}
+			if got := ev.(*layerView).l.ztocDigest; got != poisoned.digest {
+				t.Fatalf("the evil image's layer uses zTOC %s, want the poisoned one", got)
+			}
+			ec, _ := ev.Content()
+			failed := readAllCareful(t, ec, base)
+			if len(failed) == 0 {
+				t.Fatal("every read through the poisoned index succeeded")
+			}
+			checkAllFiles(t, gv, base, 64<<10)
+			// A new lookup of the honest image after the poisoned layer
+			// went bad still reads exactly.
+			checkAllFiles(t, s.mustLookup(t, honest.ref, base.digest), base, 64<<10)
+		})
+	}
+}
+
+// TestUntrustedWindowNeverServedAlone: the span whose window was forged is
+// read alone, first thing (no read of the span before it): the read waits
+// for the proof of its checkpoint, which fails; nothing is returned, the
+// layer is bad. Without the proof the read returned "ALPHA"
+// (TestForgedWindowAttack in ztoc shows the bytes).
+func TestUntrustedWindowNeverServedAlone(t *testing.T) {
+	reg := newTestRegistry(t)
+	l := wordsLayer(t, 4)
+	forged := forgedWindowSpan(t, l)
+	img := reg.pushImage(t, "app/forged", "v1", []*testLayer{l}, imageOptions{})
+	z := buildZtoc(t, l, func(z *ztoc.Ztoc) {
+		editCheckpointsOf(t, l, z, func(_ []ztoc.Checkpoint, w [][]byte) {
+			w[forged] = bytes.ReplaceAll(w[forged], []byte("alpha"), []byte("ALPHA"))
+		})
+	})
+	reg.pushSociV1(t, img, []*testZtoc{z})
+	s := newTestStore(t, reg, func(c *config.Config) { c.Index.OnDemand = "off" }, Options{})
+	lv := s.mustLookup(t, img.ref, l.digest)
+	c, _ := lv.Content()
+	x := z.openIndex(t)
+	u0, u1 := x.SpanUncompressedRange(ztoc.SpanID(forged))
+	for i, e := range c.Entries() {
+		lo, hi := max(u0, e.UncompressedOffset), min(u1, e.UncompressedOffset+e.UncompressedSize)
+		if e.Type != ztoc.TypeReg || hi-lo < 1000 {
+			continue
+		}
+		// The part of this file in the forged span, and nothing else.
+		p := make([]byte, hi-lo)
+		n, err := c.ReadFile(context.Background(), i, p, lo-e.UncompressedOffset)
+		if n != 0 || !errors.Is(err, ErrLayerBad) {
+			t.Fatalf("ReadFile of %s in span %d alone = %d bytes (ALPHA: %v), %v; want 0, ErrLayerBad",
+				e.Name, forged, n, bytes.Contains(p[:n], []byte("ALPHA")), err)
+		}
+		checkBadLayer(t, s, lv, l, z.digest, fmt.Sprintf("checkpoint %d", forged))
+		return
+	}
+	t.Fatalf("no file has data in span %d", forged)
+}
+

@@ -3,11 +3,14 @@ package layerstore
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"math/rand/v2"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -485,3 +488,171 @@ func TestUntrustedWindowNeverServedAlone(t *testing.T) {
 	t.Fatalf("no file has data in span %d", forged)
 }
 
+// bitWriter writes a DEFLATE bit stream (least significant bit first).
+type bitWriter struct {
+	buf   []byte
+	acc   uint64
+	nbits uint
+}
+
+func (w *bitWriter) bits(v uint64, n uint) {
+	w.acc |= v << w.nbits
+	w.nbits += n
+	for w.nbits >= 8 {
+		w.buf = append(w.buf, byte(w.acc))
+		w.acc >>= 8
+		w.nbits -= 8
+	}
+}
+
+// code writes a Huffman code of n bits, most significant bit first.
+func (w *bitWriter) code(c uint64, n uint) {
+	for i := int(n) - 1; i >= 0; i-- {
+		w.bits(c>>uint(i)&1, 1)
+	}
+}
+
+// oneBlockBomb writes to out a gzip member of ONE dynamic deflate block
+// inflating to 1 + 258*matches zero bytes (matches = 2 mod 4), and returns
+// that length. Codes: length 258 and distance 1 one bit each, literal 0 and
+// end-of-block two bits each, so the body is zero bytes: 5 GB of output in
+// about 5 MB (the same construction as ztoc's hostile tests).
+func oneBlockBomb(out *bytes.Buffer, matches int64) int64 {
+	w := &bitWriter{}
+	w.bits(1, 1)  // BFINAL
+	w.bits(2, 2)  // dynamic Huffman
+	w.bits(29, 5) // HLIT: 286 codes
+	w.bits(0, 5)  // HDIST: 1 code
+	w.bits(15, 4) // HCLEN: 19 code length codes
+	order := []int{16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15}
+	lens := map[int]uint64{18: 1, 1: 2, 2: 2}
+	for _, sym := range order {
+		w.bits(lens[sym], 3)
+	}
+	cl := map[int][2]uint64{18: {0, 1}, 1: {2, 2}, 2: {3, 2}}
+	put := func(sym int) { w.code(cl[sym][0], uint(cl[sym][1])) }
+	zeros := func(n int) { put(18); w.bits(uint64(n-11), 7) }
+	put(2)          // literal 0
+	zeros(138)      // 1..138
+	zeros(117)      // 139..255
+	put(2)          // 256, end of block
+	zeros(28)       // 257..284
+	put(1)          // 285: length 258
+	put(1)          // distance code 0
+	w.code(0b10, 2) // literal 0
+	w.bits(0, 4)    // two matches
+	out.Write([]byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff})
+	out.Write(w.buf)
+	out.Write(make([]byte, (matches-2)/4))
+	n := 1 + 258*matches
+	tail := []byte{0b11} // end of block, padded
+	crc := crc32.NewIEEE()
+	zero := make([]byte, 1<<20)
+	for left := n; left > 0; left -= int64(len(zero)) {
+		crc.Write(zero[:min(left, int64(len(zero)))])
+	}
+	tail = binary.LittleEndian.AppendUint32(tail, crc.Sum32())
+	tail = binary.LittleEndian.AppendUint32(tail, uint32(n))
+	out.Write(tail)
+	return n
+}
+
+// gzipOf compresses data into one gzip member.
+func gzipOf(t testing.TB, data []byte) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	zw := gzip.NewWriter(&b)
+	if _, err := zw.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// rawLayer wraps a crafted blob as a test layer (its DiffID is unknown:
+// any digest; what is tested is refused before it matters).
+func rawLayer(blob []byte) *testLayer {
+	return &testLayer{blob: blob, digest: digest.FromBytes(blob), diffID: digest.FromString("unknown"),
+		mediaType: "application/vnd.oci.image.layer.v1.tar+gzip"}
+}
+
+// TestAdversarialLayersOnDemand: layers without an index that would make
+// on-demand indexing work without bound, pushed to Debian's docker-registry:
+// a 5 GB one-block gzip bomb (5 MB compressed) and 3 million tar entries.
+// Indexing stops at a limit, the layer is not served (the host pulls it
+// itself), the daemon's heap stays small, and it serves another layer.
+func TestAdversarialLayersOnDemand(t *testing.T) {
+	if testing.Short() {
+		t.Skip("streams a 5 GB bomb")
+	}
+	reg := realRegistry(t)
+	good := stdLayer(t, 5, 200, 100)
+	goodImg := pushImageTo(t, reg.host, "app/good", "v1", []*testLayer{good}, imageOptions{})
+
+	var bomb bytes.Buffer
+	var hdr bytes.Buffer
+	tw := tar.NewWriter(&hdr)
+	const matches = int64(5_000_000_000)/258 - (int64(5_000_000_000)/258)%4 + 2
+	size := int64(1 + 258*int64(matches))
+	if err := tw.WriteHeader(&tar.Header{Name: "bomb", Typeflag: tar.TypeReg, Size: size, Mode: 0o644}); err != nil {
+		t.Fatal(err)
+	}
+	tw.Flush() // the bomb's zeros are the data, padding and end marker
+	bomb.Write(gzipOf(t, hdr.Bytes()))
+	oneBlockBomb(&bomb, int64(matches))
+
+	var entries bytes.Buffer
+	var hdrs bytes.Buffer
+	tw = tar.NewWriter(&hdrs)
+	for i := 0; i < 2000; i++ {
+		if err := tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("d/f%07d", i), Typeflag: tar.TypeReg, Mode: 0o644, ModTime: time.Unix(1e9, 0)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tw.Flush()
+	member := gzipOf(t, hdrs.Bytes())
+	for i := 0; i < 3_000_000/2000; i++ {
+		entries.Write(member)
+	}
+	entries.Write(gzipOf(t, make([]byte, 1024)))
+
+	for _, tc := range []struct {
+		name  string
+		blob  []byte
+		limit string
+	}{
+		{"5 GB one-block gzip bomb", bomb.Bytes(), "span"},
+		{"3 million entries", entries.Bytes(), "entries"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := rawLayer(tc.blob)
+			img := pushImageTo(t, reg.host, "evil/ondemand", strings.Fields(tc.name)[1], []*testLayer{l}, imageOptions{})
+			s := newTestStore(t, reg, func(c *config.Config) {
+				c.Index.OnDemand = "sync"
+				c.Index.MaxEntries = 100_000 // the default (1 Mi) in ztoc's own tests
+			}, Options{})
+			var before runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			start := time.Now()
+			_, err := s.lookup(t, img.ref, l.digest)
+			took := time.Since(start)
+			var after runtime.MemStats
+			runtime.ReadMemStats(&after)
+			if !errors.Is(err, ztoc.ErrLimit) || !strings.Contains(err.Error(), tc.limit) {
+				t.Fatalf("lookup of the %s = %v, want a refusal for the %s limit", tc.name, err, tc.limit)
+			}
+			t.Logf("%s (%d compressed bytes) refused in %v, heap %d -> %d MiB: %v", tc.name, len(tc.blob), took.Round(time.Millisecond),
+				before.HeapInuse>>20, after.HeapInuse>>20, err)
+			if grew := int64(after.HeapInuse) - int64(before.HeapInuse); grew > 256<<20 {
+				t.Errorf("the heap grew by %d MiB while indexing the %s", grew>>20, tc.name)
+			}
+			if _, ls := s.status(t, l.digest); ls != nil {
+				t.Errorf("status lists the refused layer: %+v", ls)
+			}
+			checkAllFiles(t, s.mustLookup(t, goodImg.ref, good.digest), good, 1<<20)
+		})
+	}
+}

@@ -63,9 +63,10 @@ type layer struct {
 	// file `blob` of a layer with its own TOC waits for it).
 	onBad     func(reason string)
 	verifyNow func(ctx context.Context) error
-	// startProof starts (or raises) the layer's verification run (set by
-	// the Store); proof is what it has proven (proof.go).
-	startProof func(p spans.Priority) *verifyRun
+	// startProof starts the layer's verification run if need be, fetching
+	// spans up to id at Demand priority (set by the Store); proof is what
+	// it has proven (proof.go).
+	startProof func(id int) *verifyRun
 	proof      proofState
 
 	// checks records the zTOC entries whose tar headers were checked (a

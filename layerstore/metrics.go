@@ -59,8 +59,8 @@ func newMetrics(s *Store) *metrics {
 			Name: "lazypull_layer_verifications_total", Help: "Whole-layer verifications, by result (ok, bad).",
 		}, []string{"result"}),
 		proofWait: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "lazypull_proof_wait_seconds",
-			Help: "Time reads of a layer served from an unverified zTOC waited for the verification to prove the checkpoints of their spans.",
+			Name:    "lazypull_proof_wait_seconds",
+			Help:    "Time reads of a layer served from an unverified zTOC waited for the verification to prove the checkpoints of their spans.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
 		}),
 	}

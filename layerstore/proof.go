@@ -45,8 +45,10 @@ import (
 type verifyRun struct {
 	done chan struct{} // closed once err is set
 	err  error
-	// prio is the spans.Priority of the run's next fetch.
-	prio atomic.Int32
+	// prio is the spans.Priority of the run's fetches, Demand up to span
+	// demandUntil (what a waiting reader needs).
+	prio        atomic.Int32
+	demandUntil atomic.Int64
 	// batchA, batchB are the spans the run fetches now (-1: none).
 	batchA, batchB atomic.Int64
 }
@@ -54,6 +56,7 @@ type verifyRun struct {
 func newVerifyRun(p spans.Priority) *verifyRun {
 	r := &verifyRun{done: make(chan struct{})}
 	r.prio.Store(int32(p))
+	r.demandUntil.Store(-1)
 	r.batchA.Store(-1)
 	return r
 }
@@ -68,8 +71,23 @@ func (r *verifyRun) raise(p spans.Priority) {
 	}
 }
 
-// priority is the priority of the run's next fetch.
-func (r *verifyRun) priority() spans.Priority { return spans.Priority(r.prio.Load()) }
+// need makes the run fetch spans up to id at Demand priority.
+func (r *verifyRun) need(id int) {
+	for {
+		cur := r.demandUntil.Load()
+		if int64(id) <= cur || r.demandUntil.CompareAndSwap(cur, int64(id)) {
+			return
+		}
+	}
+}
+
+// priority is the priority of the run's fetch of span id on.
+func (r *verifyRun) priority(id int) spans.Priority {
+	if int64(id) <= r.demandUntil.Load() {
+		return spans.Demand
+	}
+	return spans.Priority(r.prio.Load())
+}
 
 // proofState is a layer's verification run and what it has proven.
 type proofState struct {
@@ -117,6 +135,7 @@ func (p *proofState) waitChan() <-chan struct{} {
 // startVerify returns l's verification run, starting it at priority p when
 // none is going (a run going is raised to p). A run started here belongs
 // to the Store (its context, its wait group), not to the caller.
+// proveUpTo starts it at Verify priority with spans up to id at Demand.
 func (s *Store) startVerify(l *layer, p spans.Priority) *verifyRun {
 	ps := &l.proof
 	ps.mu.Lock()
@@ -145,6 +164,12 @@ func (s *Store) startVerify(l *layer, p spans.Priority) *verifyRun {
 	return r
 }
 
+func (s *Store) proveUpTo(l *layer, id int) *verifyRun {
+	r := s.startVerify(l, spans.Verify)
+	r.need(id)
+	return r
+}
+
 // verifyShared verifies l as a whole (see runVerification), joining the
 // run in progress if there is one, and waits for it (or ctx).
 func (s *Store) verifyShared(ctx context.Context, l *layer, p spans.Priority) error {
@@ -162,8 +187,9 @@ func (s *Store) verifyShared(ctx context.Context, l *layer, p spans.Priority) er
 
 // awaitProof returns once the bytes of spans 0..last of l may be served: at
 // once for a layer that needs no proof or is verified, else when the
-// layer's verification run has proven checkpoint last (it is started, or
-// raised, to Demand priority, and the batch it fetches now is raised too).
+// layer's verification run has proven checkpoint last (it is started if
+// need be and fetches up to span last at Demand priority, the batch in
+// flight raised too; then on at its own, background, priority).
 // It fails when the run fails (a mismatch makes the layer bad: reads fail
 // with ErrLayerBad) or ctx ends; nothing unproven is ever returned.
 func (l *layer) awaitProof(ctx context.Context, last int) error {
@@ -184,7 +210,7 @@ func (l *layer) awaitProof(ctx context.Context, last int) error {
 		if err := l.badErr(); err != nil {
 			return err
 		}
-		r := l.startProof(spans.Demand)
+		r := l.startProof(last)
 		select {
 		case <-r.done:
 			if r.err != nil && !l.verified.Load() && int64(last) >= ps.proven.Load() {

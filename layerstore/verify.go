@@ -62,9 +62,9 @@ type layerStream struct {
 	// preempted).
 	idle func(context.Context) error
 	next int
-	pos   int64 // compressed offset of the next byte to return
-	buf   []byte
-	hdr   bool
+	pos  int64 // compressed offset of the next byte to return
+	buf  []byte
+	hdr  bool
 	// err is set when getting the bytes failed (not the bytes' fault).
 	err error
 }
@@ -92,7 +92,7 @@ func (r *layerStream) Read(p []byte) (int, error) {
 				return 0, err
 			}
 		}
-		data, err := m.Compressed(r.ctx, r.next, r.next, r.run.priority())
+		data, err := m.Compressed(r.ctx, r.next, r.next, r.run.priority(r.next))
 		if err != nil {
 			r.err = err
 			return 0, err
@@ -118,11 +118,11 @@ func (r *layerStream) fetch(a, b int) error {
 	r.run.batchA.Store(int64(a))
 	defer r.run.batchA.Store(-1)
 	for {
-		err := r.l.spans.Fetch(r.ctx, a, b, r.run.priority())
+		err := r.l.spans.Fetch(r.ctx, a, b, r.run.priority(a))
 		if !errors.Is(err, spans.ErrPreempted) {
 			return err
 		}
-		if r.run.priority() < spans.ReadAhead {
+		if r.run.priority(a) < spans.ReadAhead {
 			if err := r.idle(r.ctx); err != nil {
 				return err
 			}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"math/rand/v2"
+	"net"
 	"runtime"
 	"strings"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/lazypull/lazypull/layerstore/alsfs"
+	"github.com/lazypull/lazypull/layerstore/artifact"
 	"github.com/lazypull/lazypull/layerstore/config"
 	"github.com/lazypull/lazypull/layerstore/control"
 	"github.com/lazypull/lazypull/tests/testenv"
@@ -654,5 +656,73 @@ func TestAdversarialLayersOnDemand(t *testing.T) {
 			}
 			checkAllFiles(t, s.mustLookup(t, goodImg.ref, good.digest), good, 1<<20)
 		})
+	}
+}
+
+// blackHole accepts TCP connections and never answers: a shared repository
+// that is unreachable in the slowest way (connections hang, not refused).
+func blackHole(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				close(done)
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return ln.Addr().String()
+}
+
+// TestSharedRepositoryUnreachable: the shared repository hangs. A lookup
+// waits for it at most the shared timeout (not the registry client's
+// retries of 30 s requests); after three failures in a row it is not asked
+// at all (circuit open) and lookups cost nothing more. Every layer is
+// served (from the image's registry).
+func TestSharedRepositoryUnreachable(t *testing.T) {
+	reg := newTestRegistry(t)
+	hole := blackHole(t)
+	const timeout = 500 * time.Millisecond
+	s := newTestStore(t, reg, func(c *config.Config) {
+		c.Artifacts.SharedRepository = hole + "/lazypull/artifacts"
+		c.Registry.Insecure = append(c.Registry.Insecure, hole)
+		c.Index.OnDemand = "off"
+	}, Options{SharedReadTimeout: timeout})
+	for i := range 6 {
+		l := stdLayer(t, uint64(60+i), 100, 50)
+		img := reg.pushImage(t, fmt.Sprintf("app/shared%d", i), "v1", []*testLayer{l}, imageOptions{})
+		reg.pushSociV1(t, img, []*testZtoc{buildZtoc(t, l, nil)})
+		start := time.Now()
+		lv := s.mustLookup(t, img.ref, l.digest)
+		took := time.Since(start)
+		t.Logf("lookup %d: %v", i, took.Round(time.Millisecond))
+		switch {
+		case i < 3 && took > timeout+2*time.Second:
+			t.Errorf("lookup %d took %v with the shared repository hanging, want about %v", i, took, timeout)
+		case i >= 3 && took > timeout/2:
+			t.Errorf("lookup %d took %v with the circuit open, want no wait for the shared repository", i, took)
+		}
+		if _, ls := s.status(t, l.digest); ls == nil || ls.IndexSource != "registry" {
+			t.Errorf("lookup %d: status %+v, want served from the registry's index", i, ls)
+		}
+		checkAllFiles(t, lv, l, 1<<20)
+	}
+	if !s.shared.(*artifact.Breaker).Open() {
+		t.Error("the circuit is not open")
 	}
 }

@@ -47,6 +47,10 @@ type Options struct {
 	// HasCredentials reports whether the daemon reads ref's image with
 	// credentials (not a public image); nil means never.
 	HasCredentials func(ref reference.Named) bool
+	// SharedReadTimeout bounds the shared repository's part of a lookup
+	// (and each read from it); default 10s. After 3 failures in a row the
+	// repository is skipped for 30s (artifact.Breaker).
+	SharedReadTimeout time.Duration
 }
 
 // Lifetimes of what the daemon keeps in memory (not configuration).
@@ -82,6 +86,9 @@ type Store struct {
 	spans    *diskcache.Cache
 	local    *artifact.Local
 	shared   artifact.Backend // nil when no shared repository is configured
+	// sharedReg is the shared repository itself (shared wraps it in an
+	// artifact.Breaker); nil without one.
+	sharedReg *artifact.Registry
 	sharedN  reference.Named
 	sched    *spans.Scheduler
 	metrics  *metrics
@@ -212,7 +219,11 @@ func open(cfg config.Config, opts Options, lock *rootLock) (*Store, error) {
 			return nil, fmt.Errorf("artifacts.shared_repository %q: %w", repo, err)
 		}
 		s.sharedN = reference.TrimNamed(named)
-		s.shared = artifact.NewRegistry(client, s.sharedN)
+		s.sharedReg = artifact.NewRegistry(client, s.sharedN)
+		// A lookup never waits long on the shared repository: each read
+		// has a deadline, and after a few failures in a row it is skipped
+		// for a while (the lookup falls back to the image's registry).
+		s.shared = artifact.NewBreaker(s.sharedReg, artifact.BreakerOptions{ReadTimeout: s.sharedTimeout()})
 	}
 	s.metrics = newMetrics(s)
 	s.fill = newFiller(fillerConfig{
@@ -250,6 +261,14 @@ func fsBytes(dir string) (int64, error) {
 		return 0, fmt.Errorf("root_dir %s: %w", dir, err)
 	}
 	return int64(st.Blocks) * st.Bsize, nil
+}
+
+// sharedTimeout bounds the shared repository's part of a lookup.
+func (s *Store) sharedTimeout() time.Duration {
+	if s.opts.SharedReadTimeout > 0 {
+		return s.opts.SharedReadTimeout
+	}
+	return 10 * time.Second
 }
 
 // Close stops background work and releases the store's resources. The FUSE

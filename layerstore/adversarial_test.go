@@ -726,3 +726,66 @@ func TestSharedRepositoryUnreachable(t *testing.T) {
 		t.Error("the circuit is not open")
 	}
 }
+
+// TestUntrustedProofCost measures what proving an unverified index costs:
+// the first read of the layer's last file through a trusted index fetches
+// its spans only; through an index from the registry (not verified here) it
+// waits until the layer's verification has passed the file's checkpoint,
+// i.e. fetches and decodes the layer up to it. Reads before that point
+// later wait for nothing. Both serve exact bytes.
+func TestUntrustedProofCost(t *testing.T) {
+	reg := newTestRegistry(t)
+	l := stdLayer(t, 70, 4000, 2000)
+	z := buildZtoc(t, l, nil)
+	x := z.openIndex(t)
+	trusted := reg.pushImage(t, "app/trusted", "v1", []*testLayer{l}, imageOptions{})
+	untrusted := reg.pushImage(t, "app/untrusted", "v1", []*testLayer{l}, imageOptions{})
+	reg.pushSociV1(t, untrusted, []*testZtoc{z})
+	reg.setDelay(2 * time.Millisecond) // per blob request
+
+	type result struct {
+		took            time.Duration
+		requests, bytes int64
+	}
+	first := func(t *testing.T, s *testStore, ref string) (result, alsfs.LayerContent) {
+		lv := s.mustLookup(t, ref, l.digest)
+		c, _ := lv.Content()
+		i := entryIndex(t, c, "data/tail.bin")
+		want, _ := l.content("data/tail.bin")
+		mark := reg.mark()
+		start := time.Now()
+		got, err := readFile(context.Background(), c, i, len(want), 128<<10)
+		r := result{took: time.Since(start)}
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("read data/tail.bin: %v (exact: %v)", err, bytes.Equal(got, want))
+		}
+		for _, q := range reg.since(mark, blobGets(l.digest)) {
+			r.requests++
+			r.bytes += q.bytes
+		}
+		return r, c
+	}
+	s1 := newTestStore(t, reg, nil, Options{})
+	s1.putZtoc(t, z)
+	tr, _ := first(t, s1, trusted.ref)
+	s2 := newTestStore(t, reg, func(c *config.Config) { c.Index.OnDemand = "off" }, Options{})
+	ur, c := first(t, s2, untrusted.ref)
+	t.Logf("first read of the last file (%d-byte layer, %d spans): trusted index %v, %d requests, %d bytes; unverified index %v, %d requests, %d bytes",
+		len(l.blob), x.NumSpans(), tr.took.Round(time.Millisecond), tr.requests, tr.bytes, ur.took.Round(time.Millisecond), ur.requests, ur.bytes)
+
+	i := entryIndex(t, c, "data/tail.bin")
+	e := c.Entries()[i]
+	c0, _ := x.SpanCompressedRange(x.SpanOf(e.UncompressedOffset))
+	if tr.bytes > int64(len(l.blob))/10 {
+		t.Errorf("through the trusted index the read fetched %d bytes of %d", tr.bytes, len(l.blob))
+	}
+	if ur.bytes < c0 {
+		t.Errorf("through the unverified index the read fetched %d bytes, less than the %d before its span: what proved its checkpoint?", ur.bytes, c0)
+	}
+	// Files before the frontier: no wait, no fetch.
+	mark := reg.mark()
+	checkAllFiles(t, s2.mustLookup(t, untrusted.ref, l.digest), l, 1<<20)
+	if got := reg.since(mark, blobGets(l.digest)); len(got) != 0 {
+		t.Errorf("reading the rest of the proven layer sent %d requests, want 0", len(got))
+	}
+}

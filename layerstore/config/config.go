@@ -202,8 +202,11 @@ type VerifyConfig struct {
 	// Enabled verifies every lazily served layer as a whole in the
 	// background: blob digest, DiffID and every tar header against the
 	// index, fetching (in order, at the lowest priority, within the
-	// prefetch budget) what was not read or prefetched. Spans are verified
-	// when fetched either way. Default true.
+	// prefetch budget) what was not read or prefetched, prefetch on or
+	// off. Spans are verified when fetched either way. Off or not, bytes
+	// of a gzip layer served from an index not built or verified here are
+	// served only once the layer's verification has proven their
+	// checkpoint (it then runs on demand). Default true.
 	Enabled bool `toml:"enabled"`
 }
 

@@ -5,14 +5,18 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"math/rand/v2"
 	"net"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -787,5 +791,78 @@ func TestUntrustedProofCost(t *testing.T) {
 	checkAllFiles(t, s2.mustLookup(t, untrusted.ref, l.digest), l, 1<<20)
 	if got := reg.since(mark, blobGets(l.digest)); len(got) != 0 {
 		t.Errorf("reading the rest of the proven layer sent %d requests, want 0", len(got))
+	}
+}
+
+// TestForgedIndexOnRealMount: through a real FUSE mount, a container-like
+// reader of a file whose span's window was forged in the SOCI index gets
+// EIO, never "ALPHA"; files before the forged checkpoint read exactly, and
+// the mount then serves another image's layer exactly.
+func TestForgedIndexOnRealMount(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting FUSE needs root")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skipf("no /dev/fuse: %v", err)
+	}
+	reg := realRegistry(t)
+	l := wordsLayer(t, 6)
+	forged := forgedWindowSpan(t, l)
+	img := pushImageTo(t, reg.host, "evil/mounted", "v1", []*testLayer{l}, imageOptions{})
+	z := buildZtoc(t, l, func(z *ztoc.Ztoc) {
+		editCheckpointsOf(t, l, z, func(_ []ztoc.Checkpoint, w [][]byte) {
+			w[forged] = bytes.ReplaceAll(w[forged], []byte("alpha"), []byte("ALPHA"))
+		})
+	})
+	reg.pushSociV1(t, img, []*testZtoc{z})
+	good := stdLayer(t, 7, 200, 100)
+	goodImg := pushImageTo(t, reg.host, "app/good", "v1", []*testLayer{good}, imageOptions{})
+	reg.pushSociV1(t, goodImg, []*testZtoc{buildZtoc(t, good, nil)})
+
+	s := newTestStore(t, reg, func(c *config.Config) { c.Index.OnDemand = "off" }, Options{})
+	mnt := t.TempDir()
+	srv, err := alsfs.Mount(mnt, s.Store, alsfs.Options{SingleUser: true, ReadAheadKB: -1})
+	if err != nil {
+		t.Fatalf("Mount: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Unmount(); err != nil {
+			t.Errorf("Unmount: %v", err)
+		}
+	})
+	diff := func(ref string, d digest.Digest) string {
+		return filepath.Join(mnt, base64.StdEncoding.EncodeToString([]byte(ref)), d.String(), "diff")
+	}
+	x := z.openIndex(t)
+	u0, _ := x.SpanUncompressedRange(ztoc.SpanID(forged))
+	sawEIO := false
+	for _, e := range x.Entries() {
+		if e.Type != ztoc.TypeReg {
+			continue
+		}
+		want, _ := l.content(e.Name)
+		got, err := os.ReadFile(filepath.Join(diff(img.ref, l.digest), e.Name))
+		switch {
+		case err == nil && !bytes.Equal(got, want):
+			t.Fatalf("read %s through the mount returned bytes that are not the layer's (ALPHA: %v)", e.Name, bytes.Contains(got, []byte("ALPHA")))
+		case err == nil && e.UncompressedOffset+e.UncompressedSize > u0:
+			t.Errorf("read %s (data past the forged checkpoint %d) succeeded", e.Name, forged)
+		case err != nil && !errors.Is(err, syscall.EIO):
+			t.Errorf("read %s = %v, want EIO", e.Name, err)
+		case err != nil:
+			sawEIO = true
+		}
+	}
+	if !sawEIO {
+		t.Fatal("no read failed with EIO")
+	}
+	for _, f := range good.files {
+		want, ok := good.content(f.name)
+		if !ok {
+			continue
+		}
+		if got, err := os.ReadFile(filepath.Join(diff(goodImg.ref, good.digest), f.name)); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("read %s of the other image after the attack: %v", f.name, err)
+		}
 	}
 }

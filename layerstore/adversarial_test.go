@@ -774,8 +774,14 @@ func TestUntrustedProofCost(t *testing.T) {
 	tr, _ := first(t, s1, trusted.ref)
 	s2 := newTestStore(t, reg, func(c *config.Config) { c.Index.OnDemand = "off" }, Options{})
 	ur, c := first(t, s2, untrusted.ref)
-	t.Logf("first read of the last file (%d-byte layer, %d spans): trusted index %v, %d requests, %d bytes; unverified index %v, %d requests, %d bytes",
-		len(l.blob), x.NumSpans(), tr.took.Round(time.Millisecond), tr.requests, tr.bytes, ur.took.Round(time.Millisecond), ur.requests, ur.bytes)
+	s3 := newTestStore(t, reg, func(c *config.Config) { c.Index.OnDemand = "off"; c.Verify.ProveCheckpoints = false }, Options{})
+	nr, _ := first(t, s3, untrusted.ref)
+	t.Logf("first read of the last file (%d-byte layer, %d spans): trusted index %v, %d requests, %d bytes; unverified index %v, %d requests, %d bytes; unverified, prove_checkpoints = false: %v, %d requests, %d bytes",
+		len(l.blob), x.NumSpans(), tr.took.Round(time.Millisecond), tr.requests, tr.bytes, ur.took.Round(time.Millisecond), ur.requests, ur.bytes,
+		nr.took.Round(time.Millisecond), nr.requests, nr.bytes)
+	if nr.bytes > int64(len(l.blob))/10 {
+		t.Errorf("with prove_checkpoints = false the read fetched %d bytes of %d", nr.bytes, len(l.blob))
+	}
 
 	i := entryIndex(t, c, "data/tail.bin")
 	e := c.Entries()[i]

@@ -203,11 +203,17 @@ type VerifyConfig struct {
 	// background: blob digest, DiffID and every tar header against the
 	// index, fetching (in order, at the lowest priority, within the
 	// prefetch budget) what was not read or prefetched, prefetch on or
-	// off. Spans are verified when fetched either way. Off or not, bytes
-	// of a gzip layer served from an index not built or verified here are
-	// served only once the layer's verification has proven their
-	// checkpoint (it then runs on demand). Default true.
+	// off. Spans are verified when fetched either way. Default true.
 	Enabled bool `toml:"enabled"`
+	// ProveCheckpoints serves the bytes of a gzip layer whose index was
+	// not built or verified here (a registry's SOCI index, the shared
+	// repository's) only once the layer's verification has proven the
+	// checkpoint their span inflates from (it then runs on demand, up to
+	// that span): no byte a forged checkpoint window could change reaches
+	// a reader, at the cost of serving such a layer in order, as it
+	// streams. false trusts such an index's windows as far as the
+	// repository that served it until verification ends. Default true.
+	ProveCheckpoints bool `toml:"prove_checkpoints"`
 }
 
 // ArtifactsConfig controls where zTOCs and SOCI indexes are kept and shared.
@@ -297,7 +303,8 @@ func DefaultFor(root bool) Config {
 			Share: "public",
 		},
 		Verify: VerifyConfig{
-			Enabled: true,
+			Enabled:          true,
+			ProveCheckpoints: true,
 		},
 		FUSE: FUSEConfig{
 			Passthrough: true,

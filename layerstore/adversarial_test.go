@@ -12,6 +12,7 @@ import (
 	"hash/crc32"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -870,5 +871,45 @@ func TestForgedIndexOnRealMount(t *testing.T) {
 		if got, err := os.ReadFile(filepath.Join(diff(goodImg.ref, good.digest), f.name)); err != nil || !bytes.Equal(got, want) {
 			t.Fatalf("read %s of the other image after the attack: %v", f.name, err)
 		}
+	}
+}
+
+// TestProofFetchFailure: the registry fails while a read waits for the
+// proof of its span (a fault injected in front of the registry: a real one
+// cannot be made to fail on demand). The read fails at once with the
+// fetch's error (not a bad layer, no retry loop), and once the registry is
+// back the next read proves the span and returns exact bytes.
+func TestProofFetchFailure(t *testing.T) {
+	reg := newTestRegistry(t)
+	l := stdLayer(t, 71, 600, 200)
+	img := reg.pushImage(t, "app/flaky", "v1", []*testLayer{l}, imageOptions{})
+	reg.pushSociV1(t, img, []*testZtoc{buildZtoc(t, l, nil)})
+	s := newTestStore(t, reg, func(c *config.Config) { c.Index.OnDemand = "off" }, Options{})
+	lv := s.mustLookup(t, img.ref, l.digest)
+	c, _ := lv.Content()
+	i := entryIndex(t, c, "data/tail.bin")
+	want, _ := l.content("data/tail.bin")
+	reg.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+		if strings.Contains(r.URL.Path, "/blobs/"+l.digest.String()) {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return true
+		}
+		return false
+	})
+	start := time.Now()
+	n, err := c.ReadFile(context.Background(), i, make([]byte, len(want)), 0)
+	if err == nil || errors.Is(err, ErrLayerBad) || n != 0 {
+		t.Fatalf("read while the registry fails = %d, %v; want 0 and the fetch error", n, err)
+	}
+	if took := time.Since(start); took > 30*time.Second {
+		t.Errorf("the failed read took %v", took)
+	}
+	if _, ls := s.status(t, l.digest); ls == nil || ls.Bad != "" {
+		t.Fatalf("status %+v, want the layer not bad", ls)
+	}
+	reg.setFault(nil)
+	got, err := readFile(context.Background(), c, i, len(want), 1<<20)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read after the registry is back: %v (exact: %v)", err, bytes.Equal(got, want))
 	}
 }

@@ -202,23 +202,16 @@ func (l *layer) awaitProof(ctx context.Context, last int) error {
 	}
 	start := time.Now()
 	defer func() { l.metrics.proofWait.Observe(time.Since(start).Seconds()) }()
+	proven := func() bool { return l.verified.Load() || int64(last) < ps.proven.Load() }
 	for {
 		ch := ps.waitChan()
-		if l.verified.Load() || int64(last) < ps.proven.Load() {
+		if proven() {
 			return nil
 		}
 		if err := l.badErr(); err != nil {
 			return err
 		}
 		r := l.startProof(last)
-		select {
-		case <-r.done:
-			if r.err != nil && !l.verified.Load() && int64(last) >= ps.proven.Load() {
-				return fmt.Errorf("prove the checkpoint of span %d of the unverified index: %w", last, r.err)
-			}
-			continue
-		default:
-		}
 		if a := r.batchA.Load(); a >= 0 {
 			// The run's batch in flight may have been claimed at a
 			// background priority: raise it. Its errors are the run's.
@@ -229,6 +222,16 @@ func (l *layer) awaitProof(ctx context.Context, last int) error {
 		case <-r.done:
 		case <-ctx.Done():
 			return ctx.Err()
+		}
+		// A run that ended without proving the span ends this wait too
+		// (the next read starts another): no retry loop on a registry that
+		// keeps failing.
+		select {
+		case <-r.done:
+			if !proven() && r.err != nil {
+				return fmt.Errorf("prove the checkpoint of span %d of the unverified index: %w", last, r.err)
+			}
+		default:
 		}
 	}
 }

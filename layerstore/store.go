@@ -78,25 +78,26 @@ type viewEvicter interface {
 // Store is the layer store: it resolves images, finds or builds zTOCs and
 // serves layers. It implements alsfs.Resolver and control.Service.
 type Store struct {
-	cfg    config.Config
-	opts   Options
-	lock   *rootLock // held on root_dir until Close
-	log    *logrus.Entry
-	client *remote.Client
-	spans  *diskcache.Cache
-	local  *artifact.Local
-	shared artifact.Backend // nil when no shared repository is configured
+	cfg      config.Config
+	opts     Options
+	lock     *rootLock // held on root_dir until Close
+	log      *logrus.Entry
+	client   *remote.Client
+	spans    *diskcache.Cache
+	local    *artifact.Local
+	shared   artifact.Backend // nil when no shared repository is configured
+	sharedN  reference.Named
+	sched    *spans.Scheduler
+	metrics  *metrics
+	fill     *filler
+	prof     *profiles
+	backing  *backingWriter // nil without fuse.passthrough
+	started  time.Time
+	buildSem chan struct{} // bounds layers indexed at the same time
+
 	// sharedReg is the shared repository itself (shared wraps it in an
 	// artifact.Breaker); nil without one.
 	sharedReg *artifact.Registry
-	sharedN   reference.Named
-	sched     *spans.Scheduler
-	metrics   *metrics
-	fill      *filler
-	prof      *profiles
-	backing   *backingWriter // nil without fuse.passthrough
-	started   time.Time
-	buildSem  chan struct{} // bounds layers indexed at the same time
 
 	// ctx is canceled by Close; wg tracks the goroutines the store owns,
 	// started through background (bgMu guards closing: no new goroutine

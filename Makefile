@@ -8,12 +8,20 @@ LDFLAGS := -X main.version=$(VERSION)
 BIN     := bin/lazypull
 GO      := go
 
-.PHONY: all build run test test-unit test-e2e test-compat fuzz bench bench-compat bench-e2e vet clean deps-run deps-test
+.PHONY: all build fork run test test-unit test-e2e test-compat fuzz bench bench-compat bench-e2e bench-fork vet clean deps-run deps-test deps-fork
 
 all: build
 
 build:
 	$(GO) build -tags "$(TAGS)" -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/lazypull
+
+# The fork: podman 5.6.2 and buildah 1.41.5 with the plugin, into bin/podman and bin/buildah
+# (contrib/fork/build.sh; cached under /var/cache/lazypull/fork, seconds when nothing changed).
+fork:
+	contrib/fork/build.sh
+
+deps-fork:
+	contrib/dev/install-deps.sh fork
 
 deps-run:
 	contrib/dev/install-deps.sh run
@@ -35,8 +43,8 @@ vet:
 test-unit:
 	$(GO) test -race -count=1 -timeout 30m -tags "$(TAGS)" $$($(GO) list -tags "$(TAGS)" ./... | grep -v /tests/e2e)
 
-test-e2e: build
-	LAZYPULL_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 60m -tags "$(TAGS)" -v ./tests/e2e/...
+test-e2e: build fork
+	LAZYPULL_BIN=$(CURDIR)/$(BIN) LAZYPULL_FORK_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 60m -tags "$(TAGS)" -v ./tests/e2e/...
 
 test-compat: build
 	cd tests/compat && LAZYPULL_BIN=$(CURDIR)/$(BIN) GOFLAGS=-mod=mod $(GO) test -count=1 -timeout 30m ./...
@@ -54,6 +62,11 @@ bench-compat:
 
 bench-e2e:
 	tests/bench/run.sh
+
+# Pull + first run, forked podman 5.6.2 (lazy) vs stock podman 4.3.1 (eager), same run.
+bench-fork: build fork
+	LAZYPULL_BIN=$(CURDIR)/$(BIN) LAZYPULL_FORK_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 30m -tags "$(TAGS)" \
+		-run '^$$' -bench BenchmarkForkVsStock -benchtime 1x ./tests/e2e/
 
 clean:
 	rm -rf bin

@@ -159,6 +159,9 @@ type Manager struct {
 	tokens   map[string]*token
 	failures map[string]failure
 	noPOST   map[string]bool // realm URL -> token server lacks OAuth2 POST
+	// mirrorsFiles holds the references whose handed-over credential
+	// equaled the auth files' when it was handed over (CredentialID).
+	mirrorsFiles map[string]bool
 }
 
 // hostState is what a Manager learned about one registry host.
@@ -193,6 +196,7 @@ func NewManager(o Options) (*Manager, error) {
 		tokens:         map[string]*token{},
 		failures:       map[string]failure{},
 		noPOST:         map[string]bool{},
+		mirrorsFiles:   map[string]bool{},
 	}
 	if m.clientID == "" {
 		m.clientID = DefaultClientID
@@ -297,6 +301,7 @@ func (m *Manager) HandoverAll(creds map[string]Credential) error {
 	if err := m.handover.PutAll(creds); err != nil {
 		return err
 	}
+	m.noteFilesMirror(creds)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for ref := range creds {

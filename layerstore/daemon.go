@@ -36,10 +36,27 @@ func NewLogger(cfg config.Config) *logrus.Entry {
 // maps it) plus the credentials podman hands over, kept in memory (and, with
 // registry.handover_persist, for a short while in a 0600 file under
 // root_dir). Closing the store closes the credential manager.
+//
+// root_dir is locked first: a second process on the same root_dir fails with
+// ErrRootDirInUse before it touches anything there (the handover file
+// included).
 func OpenWithPodmanAuth(cfg config.Config, version string, log *logrus.Entry) (*Store, error) {
-	if err := os.MkdirAll(cfg.RootDir, 0o700); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	lock, err := lockRootDir(cfg.RootDir)
+	if err != nil {
+		return nil, err
+	}
+	st, err := openWithPodmanAuth(cfg, version, log, lock)
+	if err != nil {
+		lock.release()
+		return nil, err
+	}
+	return st, nil
+}
+
+func openWithPodmanAuth(cfg config.Config, version string, log *logrus.Entry, lock *rootLock) (*Store, error) {
 	authFile := cfg.Registry.AuthFile
 	if authFile == "" {
 		authFile = os.Getenv("REGISTRY_AUTH_FILE")
@@ -60,7 +77,7 @@ func OpenWithPodmanAuth(cfg config.Config, version string, log *logrus.Entry) (*
 	if err != nil {
 		return nil, err
 	}
-	st, err := New(cfg, Options{
+	st, err := newLocked(cfg, Options{
 		Version: version,
 		Log:     log,
 		Auth: func(ref reference.Named, actions []string, base http.RoundTripper) (remote.Auth, error) {
@@ -84,8 +101,9 @@ func OpenWithPodmanAuth(cfg config.Config, version string, log *logrus.Entry) (*
 			return auth.HandoverAll(in)
 		},
 		HasCredentials: auth.HasCredentials,
+		CredentialID:   auth.CredentialID,
 		OnClose:        auth.Close,
-	})
+	}, lock)
 	if err != nil {
 		auth.Close()
 		return nil, err

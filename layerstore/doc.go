@@ -102,4 +102,17 @@
 // artifact.Breaker (a deadline per lookup, then skipped for a while after
 // failures); a panicking FUSE request is logged by alsfs and fails with
 // EIO, and the span manager completes every flight it starts.
+//
+// # Exposure
+//
+// root_dir and the mount point are private to the daemon's user (created
+// 0700, refused at start when open to group or others: privateDir), the
+// mount has no allow_other by default, and the directories alsfs makes up
+// are 0500/0400 of the daemon's user. Every lookup of an image's layer
+// directory proves access: a new one resolves the image with the
+// credentials as they are now (resolveImage), one already served is
+// re-authorized (Reauthorize: the credential's ID, authbridge's
+// CredentialID, must be the one that last proved access, else access is
+// proved again with the registry); credentials withdrawn through the
+// handover evict the image's directories at once (Store.Handover).
 package layerstore

@@ -49,6 +49,7 @@ type reqRecord struct {
 	status int
 	bytes  int64 // response body bytes written
 	at     time.Time
+	done   bool // the handler has returned (status and bytes are final)
 }
 
 // testRegistry is a registry for one test.
@@ -125,10 +126,16 @@ func (w *countingWriter) Write(b []byte) (int, error) {
 func (tr *testRegistry) serve(h http.Handler, w http.ResponseWriter, r *http.Request) {
 	kind, target := classify(r.URL.Path)
 	cw := &countingWriter{ResponseWriter: w}
+	// Recorded before anything is answered, so a request whose response a
+	// client has seen is always in the log (since waits for it to finish).
+	tr.mu.Lock()
+	idx := len(tr.reqs)
+	tr.reqs = append(tr.reqs, reqRecord{method: r.Method, path: r.URL.Path, kind: kind, target: target, rng: r.Header.Get("Range"),
+		at: time.Now()})
+	tr.mu.Unlock()
 	defer func() {
 		tr.mu.Lock()
-		tr.reqs = append(tr.reqs, reqRecord{method: r.Method, path: r.URL.Path, kind: kind, target: target, rng: r.Header.Get("Range"),
-			status: cw.status, bytes: cw.n, at: time.Now()})
+		tr.reqs[idx].status, tr.reqs[idx].bytes, tr.reqs[idx].done = cw.status, cw.n, true
 		tr.mu.Unlock()
 	}()
 	tr.mu.Lock()
@@ -196,17 +203,27 @@ func (tr *testRegistry) mark() int {
 	return len(tr.reqs)
 }
 
-// since returns the requests after mark that match keep (all when nil).
+// since returns the requests after mark that match keep (all when nil),
+// waiting a little for those still being answered so their status and
+// byte counts are final.
 func (tr *testRegistry) since(mark int, keep func(reqRecord) bool) []reqRecord {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	var out []reqRecord
-	for _, r := range tr.reqs[mark:] {
-		if keep == nil || keep(r) {
-			out = append(out, r)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		tr.mu.Lock()
+		var out []reqRecord
+		pending := false
+		for _, r := range tr.reqs[mark:] {
+			if keep == nil || keep(r) {
+				out = append(out, r)
+				pending = pending || !r.done
+			}
 		}
+		tr.mu.Unlock()
+		if !pending || time.Now().After(deadline) {
+			return out
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
-	return out
 }
 
 // blobGets selects GETs of blob d (ranged or not).

@@ -43,6 +43,10 @@ type testStore struct {
 // prefetch and background verification off, short retries.
 func testConfig(root, host string) config.Config {
 	cfg := config.DefaultFor(true)
+	// What an installation does (the systemd unit's install -d -m 0700):
+	// t.TempDir()'s directories are 0755, which the store refuses.
+	_ = os.MkdirAll(root, 0o700)
+	_ = os.Chmod(root, 0o700)
 	cfg.RootDir = root
 	cfg.MountPoint = filepath.Join(root, "store")
 	cfg.Socket = filepath.Join(root, "lazypull.sock")

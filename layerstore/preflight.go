@@ -27,7 +27,8 @@ const FuseConf = "/etc/fuse.conf"
 // /dev/fuse usable by this process; for an unprivileged daemon (mounting
 // through fusermount3) fusermount3 itself, user_allow_other in
 // /etc/fuse.conf when fuse.allow_other is on, and the session's runtime
-// directory; root_dir and the mount point's parent creatable. It reports
+// directory; root_dir private to this user (created 0700, refused when
+// group or others may enter it) and the mount point's parent creatable. It reports
 // every missing piece at once, each with what to do, and nil when nothing
 // is missing.
 func Preflight(cfg config.Config) error {
@@ -43,11 +44,11 @@ func Preflight(cfg config.Config) error {
 	if os.Geteuid() != 0 {
 		fusermountChecks(cfg, bad)
 	}
-	if err := os.MkdirAll(cfg.RootDir, 0o700); err != nil {
-		bad("root_dir %s cannot be created: %v", cfg.RootDir, err)
+	if err := privateDir(cfg.RootDir, "root_dir"); err != nil {
+		bad("%w", err)
 	}
 	if parent := filepath.Dir(cfg.MountPoint); parent != "/" {
-		if err := os.MkdirAll(parent, 0o755); err != nil {
+		if err := os.MkdirAll(parent, 0o700); err != nil {
 			hint := ""
 			if strings.HasPrefix(cfg.MountPoint, "/run/user/") && os.Getenv("XDG_RUNTIME_DIR") == "" {
 				hint = " (XDG_RUNTIME_DIR is not set: run in a login session, or `loginctl enable-linger USER`)"

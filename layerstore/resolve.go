@@ -194,20 +194,81 @@ func gzipMediaType(mt string) bool {
 type imageEntry struct {
 	img     *remote.Image
 	expires time.Time
+	cred    string // CredentialID it was resolved with
+}
+
+// maxAuthorized bounds Store.authorized.
+const maxAuthorized = 4096
+
+// credentialID is the ID of the credential ref is read with now ("" when
+// the store has no credentials).
+func (s *Store) credentialID(ref reference.Named) (string, error) {
+	if s.opts.CredentialID == nil {
+		return "", nil
+	}
+	id, err := s.opts.CredentialID(ref)
+	if err != nil {
+		return "", fmt.Errorf("credentials for %s: %w", ref, err)
+	}
+	return id, nil
+}
+
+// Reauthorize implements alsfs.Reauthorizer: a layer directory of ref
+// already served stays served while ref is read with the credential that
+// last proved access to it (reading the auth files, no registry request);
+// after a logout or a login as someone else, access is proved again with
+// the registry, and a refusal (or no answer) takes the directory away.
+func (s *Store) Reauthorize(ctx context.Context, refStr string, _ digest.Digest) error {
+	ref, err := reference.ParseNormalizedNamed(strings.TrimPrefix(refStr, TOCRefPrefix))
+	if err != nil {
+		return fmt.Errorf("image reference %q: %w", refStr, err)
+	}
+	cred, err := s.credentialID(ref)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	granted, ok := s.authorized[ref.String()]
+	s.mu.Unlock()
+	if ok && granted == cred {
+		return nil
+	}
+	_, err = s.resolveImage(ctx, ref)
+	return err
+}
+
+// forgetAuthorization drops what proved access to ref.
+func (s *Store) forgetAuthorization(ref string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.authorized, ref)
+	delete(s.images, ref)
+}
+
+// sameRef reports whether the reference string of a layer directory names
+// ref.
+func sameRef(refStr string, ref reference.Named) bool {
+	r, err := reference.ParseNormalizedNamed(strings.TrimPrefix(refStr, TOCRefPrefix))
+	return err == nil && r.String() == ref.String()
 }
 
 // resolveImage fetches manifest and config of ref with the credentials as
 // they are now (no token obtained earlier), merging concurrent resolutions
-// of the same reference and reusing a result for registry.resolve_cache_ttl.
+// of the same reference and reusing a result for registry.resolve_cache_ttl
+// while ref is read with the same credential.
 func (s *Store) resolveImage(ctx context.Context, ref reference.Named) (*remote.Image, error) {
 	key := ref.String()
+	cred, err := s.credentialID(ref)
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", ref, err)
+	}
 	s.mu.Lock()
-	if e, ok := s.images[key]; ok && time.Now().Before(e.expires) {
+	if e, ok := s.images[key]; ok && e.cred == cred && time.Now().Before(e.expires) {
 		s.mu.Unlock()
 		return e.img, nil
 	}
 	s.mu.Unlock()
-	v, err, _ := s.imageSF.Do(key, func() (any, error) {
+	v, err, _ := s.imageSF.Do(key+"\x00"+cred, func() (any, error) {
 		// Prove access with the credentials as they are now, not with a
 		// token obtained before a logout or another user's login.
 		if err := s.client.Reauthenticate(ref); err != nil {
@@ -218,7 +279,11 @@ func (s *Store) resolveImage(ctx context.Context, ref reference.Named) (*remote.
 			return nil, fmt.Errorf("resolve %s: %w", ref, err)
 		}
 		s.mu.Lock()
-		s.images[key] = &imageEntry{img: img, expires: time.Now().Add(time.Duration(s.cfg.Registry.ResolveCacheTTL))}
+		s.images[key] = &imageEntry{img: img, expires: time.Now().Add(time.Duration(s.cfg.Registry.ResolveCacheTTL)), cred: cred}
+		if len(s.authorized) >= maxAuthorized {
+			clear(s.authorized) // proved again at the next lookups
+		}
+		s.authorized[key] = cred
 		s.mu.Unlock()
 		return img, nil
 	})

@@ -60,7 +60,12 @@ type rootLock struct{ f *os.File }
 
 // lockRootDir takes the lock of dir, failing at once when another process
 // holds it.
+// root_dir is created (0700) if need be, and refused when other users may
+// enter it (privateDir).
 func lockRootDir(dir string) (*rootLock, error) {
+	if err := privateDir(dir, "root_dir"); err != nil {
+		return nil, err
+	}
 	p := filepath.Join(dir, "lock")
 	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -23,7 +24,10 @@ import (
 func (s *Store) Serve(ctx context.Context, ready func()) error {
 	cfg := s.cfg
 	log := s.log.WithField("mount_point", cfg.MountPoint)
-	if err := os.MkdirAll(cfg.MountPoint, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+	if err := os.MkdirAll(filepath.Dir(cfg.MountPoint), 0o700); err != nil {
+		return fmt.Errorf("mount point: %w", err)
+	}
+	if err := os.Mkdir(cfg.MountPoint, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		// A stale FUSE mount answers ENOTCONN to mkdir; CleanStaleMount
 		// below takes care of it.
 		log.WithError(err).Debug("Creating the mount point")
@@ -31,8 +35,10 @@ func (s *Store) Serve(ctx context.Context, ready func()) error {
 	if err := alsfs.CleanStaleMount(cfg.MountPoint); err != nil {
 		return fmt.Errorf("mount point %s: %w", cfg.MountPoint, err)
 	}
-	if err := os.MkdirAll(cfg.MountPoint, 0o755); err != nil {
-		return fmt.Errorf("mount point: %w", err)
+	// The directory under the mount: 0700 (created so whatever the umask),
+	// refused when open to others.
+	if err := privateDir(cfg.MountPoint, "mount_point"); err != nil {
+		return err
 	}
 	opts := alsfs.Options{
 		CacheTimeout: time.Duration(cfg.FUSE.AttrTimeout),
@@ -62,12 +68,14 @@ func (s *Store) Serve(ctx context.Context, ready func()) error {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", s.MetricsHandler())
-		// Go's profiler, for field diagnosis: the address is meant to be
-		// loopback or otherwise protected, like the metrics.
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		if cfg.Pprof {
+			// Go's profiler, for field diagnosis, only when asked for:
+			// anyone who reaches the address could burn CPU with it.
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		}
 		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			defer close(metricsDone)
@@ -133,5 +141,5 @@ func explainMountError(err error) error {
 	if _, lerr := os.Stat("/dev/fuse"); lerr != nil {
 		return fmt.Errorf("%w: /dev/fuse is missing (load the fuse module, or give the container the device)", err)
 	}
-	return fmt.Errorf("%w: a non-root daemon mounts through fusermount3 (package fuse3) and, with fuse.allow_other (the default), needs \"user_allow_other\" in /etc/fuse.conf", err)
+	return fmt.Errorf("%w: a non-root daemon mounts through fusermount3 (package fuse3), which needs \"user_allow_other\" in /etc/fuse.conf when fuse.allow_other is on", err)
 }

@@ -51,6 +51,12 @@ type Options struct {
 	// (and each read from it); default 10s. After 3 failures in a row the
 	// repository is skipped for 30s (artifact.Breaker).
 	SharedReadTimeout time.Duration
+	// CredentialID identifies, without revealing it, the credential ref is
+	// read with right now (authbridge.Manager.CredentialID). A resolved
+	// image, and a layer directory served for it, are reused only under the
+	// same ID: after a logout or a login as someone else, access is proved
+	// again with the registry. nil: anonymous access only, never changes.
+	CredentialID func(ref reference.Named) (string, error)
 }
 
 // Lifetimes of what the daemon keeps in memory (not configuration).
@@ -73,6 +79,9 @@ type viewEvicter interface {
 	EvictLayer(d digest.Digest) int
 	// EvictIdle drops layer directories not looked up for idle.
 	EvictIdle(idle time.Duration) int
+	// EvictRefs drops every layer directory under the image references
+	// match accepts.
+	EvictRefs(match func(ref string) bool) int
 }
 
 // Store is the layer store: it resolves images, finds or builds zTOCs and
@@ -116,8 +125,11 @@ type Store struct {
 	mu sync.Mutex // guards the fields below
 	// layers are the layers loaded, by compressed digest and, for a layer
 	// whose index is not trusted, the repository it serves.
-	layers          map[layerKey]*layer
-	images          map[string]*imageEntry
+	layers map[layerKey]*layer
+	images map[string]*imageEntry
+	// authorized maps an image reference to the CredentialID with which
+	// the registry last granted access to it (Reauthorize).
+	authorized      map[string]string
 	registryIndexes map[string]*registryIndexEntry
 	building        map[digest.Digest]bool // background builds in progress
 }
@@ -132,25 +144,31 @@ func New(cfg config.Config, opts Options) (*Store, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	lock, err := lockRootDir(cfg.RootDir)
+	if err != nil {
+		return nil, err
+	}
+	s, err := newLocked(cfg, opts, lock)
+	if err != nil {
+		lock.release()
+		return nil, err
+	}
+	return s, nil
+}
+
+// newLocked is New once root_dir is locked (by the caller, who releases
+// the lock when this fails).
+func newLocked(cfg config.Config, opts Options, lock *rootLock) (*Store, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	if opts.Log == nil {
 		opts.Log = logrus.NewEntry(logrus.StandardLogger())
 	}
 	if opts.Auth == nil {
 		opts.Auth = remote.AnonymousAuthFunc
 	}
-	if err := os.MkdirAll(cfg.RootDir, 0o700); err != nil {
-		return nil, fmt.Errorf("root_dir: %w", err)
-	}
-	lock, err := lockRootDir(cfg.RootDir)
-	if err != nil {
-		return nil, err
-	}
-	s, err := open(cfg, opts, lock)
-	if err != nil {
-		lock.release()
-		return nil, err
-	}
-	return s, nil
+	return open(cfg, opts, lock)
 }
 
 // open opens the store's state once root_dir is locked.
@@ -208,6 +226,7 @@ func open(cfg config.Config, opts Options, lock *rootLock) (*Store, error) {
 		cancel:          cancel,
 		layers:          make(map[layerKey]*layer),
 		images:          make(map[string]*imageEntry),
+		authorized:      make(map[string]string),
 		registryIndexes: make(map[string]*registryIndexEntry),
 		building:        make(map[digest.Digest]bool),
 		prof:            newProfiles(),
@@ -589,7 +608,27 @@ func (s *Store) Handover(ctx context.Context, creds map[string]control.Credentia
 	if s.opts.Handover == nil {
 		return errors.New("this daemon does not accept credentials")
 	}
-	return s.opts.Handover(ctx, creds)
+	if err := s.opts.Handover(ctx, creds); err != nil {
+		return err
+	}
+	// Credentials withdrawn (podman read the image anonymously, e.g. after
+	// a logout): what was served with them goes at once, and the next
+	// lookup proves access again.
+	for name, c := range creds {
+		if c != (control.Credential{}) {
+			continue
+		}
+		ref, err := reference.ParseNormalizedNamed(name)
+		if err != nil {
+			continue
+		}
+		s.forgetAuthorization(ref.String())
+		if e := s.evicterOf(); e != nil {
+			n := e.EvictRefs(func(r string) bool { return sameRef(r, ref) })
+			s.log.WithFields(logrus.Fields{"ref": ref.String(), "evicted": n}).Info("Credentials withdrawn: layer directories of the image evicted")
+		}
+	}
+	return nil
 }
 
 func readAhead(b config.ByteSize) int64 {

@@ -35,6 +35,19 @@ type Resolver interface {
 	Release(ref string, layer digest.Digest)
 }
 
+// Reauthorizer is a Resolver that decides again, on every lookup of a layer
+// directory of an image ref it already serves, whether the directory may
+// still be served: the kernel asks again once Options.LayerDirTimeout has
+// passed since the last lookup, so a path walk (a container start, a stat
+// of the layer) reaches Reauthorize at least that often. An error evicts the
+// directory and fails the lookup with ENOENT (open files and overlay mounts
+// keep what they hold). It is not called for a directory just resolved by
+// Lookup, nor for <mnt>/<digest> (no ref to authorize). It may block (it is
+// bounded like Lookup).
+type Reauthorizer interface {
+	Reauthorize(ctx context.Context, ref string, layer digest.Digest) error
+}
+
 // Layer is a layer the store can serve.
 type Layer interface {
 	// Info returns the content of the file `info`: the JSON object that

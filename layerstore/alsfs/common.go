@@ -2,6 +2,7 @@ package alsfs
 
 import (
 	"context"
+	"os"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -176,19 +177,41 @@ func listHandle(entries []fuse.DirEntry) *dirHandle {
 	return &dirHandle{n: len(entries), entry: func(i int) fuse.DirEntry { return entries[i] }}
 }
 
+// owner is the user and group of what the filesystem makes up (the root,
+// ref and layer directories, info, blob): the daemon's own, so that with
+// default_permissions only its user (and root) may enter, list or read them.
+// podman reads them with the same credentials (as root, or as the user
+// namespace's root for rootless podman), and overlay reads a lower layer
+// with the credentials of the process that mounted it (podman's), never
+// with a container's.
+type owner struct{ uid, gid uint32 }
+
+// processOwner is the effective user and group of this process.
+func processOwner() owner {
+	return owner{uid: uint32(os.Geteuid()), gid: uint32(os.Getegid())}
+}
+
+// Modes of what the filesystem makes up: for its owner only.
+const (
+	madeUpDirPerm  = 0o500
+	madeUpFilePerm = 0o400
+)
+
 // dirAttr fills the attributes of a directory the filesystem makes up.
-func dirAttr(ino uint64, nlink uint32, mtimeSec int64, out *fuse.Attr) {
+func (o owner) dirAttr(ino uint64, nlink uint32, mtimeSec int64, out *fuse.Attr) {
 	*out = fuse.Attr{
-		Ino: ino, Mode: syscall.S_IFDIR | 0o555, Nlink: nlink, Size: 4096, Blocks: 8, Blksize: 4096,
+		Ino: ino, Mode: syscall.S_IFDIR | madeUpDirPerm, Nlink: nlink, Size: 4096, Blocks: 8, Blksize: 4096,
 		Mtime: uint64(mtimeSec), Atime: uint64(mtimeSec), Ctime: uint64(mtimeSec),
+		Owner: fuse.Owner{Uid: o.uid, Gid: o.gid},
 	}
 }
 
 // fileAttr fills the attributes of a read-only file the filesystem makes up.
-func fileAttr(ino uint64, size int64, mtimeSec int64, out *fuse.Attr) {
+func (o owner) fileAttr(ino uint64, size int64, mtimeSec int64, out *fuse.Attr) {
 	*out = fuse.Attr{
-		Ino: ino, Mode: syscall.S_IFREG | 0o444, Nlink: 1, Size: uint64(size),
+		Ino: ino, Mode: syscall.S_IFREG | madeUpFilePerm, Nlink: 1, Size: uint64(size),
 		Blocks: (uint64(size) + 511) / 512, Blksize: 4096,
 		Mtime: uint64(mtimeSec), Atime: uint64(mtimeSec), Ctime: uint64(mtimeSec),
+		Owner: fuse.Owner{Uid: o.uid, Gid: o.gid},
 	}
 }

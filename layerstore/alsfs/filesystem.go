@@ -26,6 +26,7 @@ type filesystem struct {
 	resolver Resolver
 	opts     Options
 	created  time.Time // mtime of the root and of ref directories
+	owner    owner     // of the directories and files made up
 
 	// ctx is canceled on unmount; it bounds every Resolver.Lookup.
 	ctx    context.Context
@@ -81,6 +82,7 @@ type layerView struct {
 	key     viewKey
 	ino     uint64
 	created time.Time
+	owner   owner
 	layer   Layer
 	*layerData
 
@@ -111,6 +113,7 @@ func newFilesystem(r Resolver, opts Options) *filesystem {
 		resolver: r,
 		opts:     opts.withDefaults(),
 		created:  time.Now(),
+		owner:    processOwner(),
 		ctx:      ctx,
 		cancel:   cancel,
 		refs:     make(map[string]uint64),
@@ -181,6 +184,17 @@ func (f *filesystem) view(key viewKey) (*layerView, syscall.Errno) {
 			return nil, lookupErrno(ErrClosed)
 		}
 		if v := f.views[key]; v != nil {
+			if ra, ok := f.resolver.(Reauthorizer); ok && key.ref != "" {
+				f.mu.Unlock()
+				if !f.reauthorize(ra, v) {
+					return nil, syscall.ENOENT
+				}
+				f.mu.Lock()
+				if v.evicted {
+					f.mu.Unlock()
+					continue
+				}
+			}
 			v.kernelRef, v.lastLookup = true, time.Now()
 			f.mu.Unlock()
 			return v, 0
@@ -209,6 +223,22 @@ func (f *filesystem) view(key viewKey) (*layerView, syscall.Errno) {
 	}
 }
 
+// reauthorize asks ra whether the layer directory of v may still be
+// served; when not, v is evicted (released once the kernel forgets it) and
+// reauthorize reports false.
+func (f *filesystem) reauthorize(ra Reauthorizer, v *layerView) bool {
+	err := ra.Reauthorize(f.ctx, v.key.ref, v.key.digest)
+	if err == nil {
+		return true
+	}
+	f.evict(func(x *layerView) bool { return x == v })
+	if f.opts.Log != nil {
+		f.opts.Log.WithFields(logrus.Fields{"ref": v.key.ref, "layer": v.key.digest}).WithError(err).
+			Info("Layer directory no longer authorized; evicted")
+	}
+	return false
+}
+
 func (f *filesystem) resolve(key viewKey, call *resolveCall) {
 	defer f.wg.Done()
 	layer, data, err := f.load(key)
@@ -220,6 +250,7 @@ func (f *filesystem) resolve(key viewKey, call *resolveCall) {
 			key:        key,
 			ino:        f.allocIno(diffInoOffset + uint64(len(data.tree.inodes))),
 			created:    time.Now(),
+			owner:      f.owner,
 			layer:      layer,
 			layerData:  data,
 			lastLookup: time.Now(),

@@ -151,6 +151,13 @@ func (s *Server) EvictLayer(layer digest.Digest) int {
 	return len(s.evict(func(v *layerView) bool { return v.key.digest == layer }))
 }
 
+// EvictRefs does what Evict does for every layer directory under an image
+// ref that match accepts (e.g. an image whose credentials were withdrawn);
+// it returns how many there were.
+func (s *Server) EvictRefs(match func(ref string) bool) int {
+	return len(s.evict(func(v *layerView) bool { return v.key.ref != "" && match(v.key.ref) }))
+}
+
 // EvictIdle does what Evict does for every layer directory not looked up
 // for idle (see Options.LayerDirTimeout); it returns how many there were.
 // Every Evict call also asks the kernel again to forget what was evicted

@@ -37,7 +37,7 @@ func randomBytes(n int) []byte {
 // mainEntries is a layer with every kind of entry containers/storage
 // handles.
 var mainEntries = []tarEntry{
-	{name: "./", typ: tar.TypeDir, mode: 0o700, uid: 9}, // ignored: the root stays 0555 root:root
+	{name: "./", typ: tar.TypeDir, mode: 0o700, uid: 9}, // ignored: the diff root stays 0555 root:root
 	{name: "./bin/", typ: tar.TypeDir, mode: 0o755},
 	{name: "./bin/sh", typ: tar.TypeReg, mode: 0o755, data: []byte("#!/bin/sh\n")},
 	{name: "bin/suid", typ: tar.TypeReg, mode: 0o4755, data: []byte("s")},
@@ -368,8 +368,8 @@ func TestMountOptions(t *testing.T) {
 		}
 	}
 	var st unix.Stat_t
-	if err := unix.Stat(mnt, &st); err != nil || st.Ino != rootIno || st.Mode != syscall.S_IFDIR|0o555 {
-		t.Errorf("stat root = ino %d mode %o, %v; want ino 1 mode 040555", st.Ino, st.Mode, err)
+	if err := unix.Stat(mnt, &st); err != nil || st.Ino != rootIno || st.Mode != syscall.S_IFDIR|0o500 || int(st.Uid) != os.Geteuid() {
+		t.Errorf("stat root = ino %d mode %o uid %d, %v; want ino 1 mode 040500 uid %d", st.Ino, st.Mode, st.Uid, err, os.Geteuid())
 	}
 	ra, err := os.ReadFile(fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev)))
 	if err != nil || strings.TrimSpace(string(ra)) != "1024" {
@@ -396,16 +396,25 @@ func TestPermissions(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			diff := filepath.Join(mnt, encodeRef(testRef), d.String(), "diff")
+			layerDir := filepath.Join(mnt, encodeRef(testRef), d.String())
+			diffDir, err := os.Open(filepath.Join(layerDir, "diff"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer diffDir.Close()
+			// The user gets the diff directory as fd 3 (overlay, too,
+			// holds it open): the layer's own modes apply below it.
+			diff := "/proc/self/fd/3"
 			asUser := func(args ...string) error {
 				cmd := exec.Command(args[0], args[1:]...)
+				cmd.ExtraFiles = []*os.File{diffDir}
 				cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 				return cmd.Run()
 			}
 			if err := asUser("/bin/cat", filepath.Join(diff, "public")); err != nil {
 				t.Errorf("user reads a 0644 file: %v", err)
 			}
-			err := asUser("/bin/cat", filepath.Join(diff, "secret"))
+			err = asUser("/bin/cat", filepath.Join(diff, "secret"))
 			if skip != (err == nil) {
 				t.Errorf("user reads a 0600 root file: %v, want success only without permission checks", err)
 			}
@@ -413,6 +422,19 @@ func TestPermissions(t *testing.T) {
 			// default_permissions.
 			if err := asUser("/usr/bin/test", "-r", filepath.Join(diff, "secret")); err == nil {
 				t.Errorf("test -r of a 0600 root file succeeded for the user")
+			}
+			// What the store makes up is the daemon's user's alone: the
+			// user may neither list the image names nor reach a layer by
+			// its path.
+			for _, args := range [][]string{
+				{"/bin/ls", mnt},
+				{"/bin/ls", filepath.Join(mnt, encodeRef(testRef))},
+				{"/bin/cat", filepath.Join(layerDir, "info")},
+				{"/bin/cat", filepath.Join(layerDir, "diff", "public")},
+			} {
+				if err := asUser(args...); skip == (err != nil) {
+					t.Errorf("user runs %q: %v, want failure unless without permission checks", args, err)
+				}
 			}
 		})
 	}

@@ -31,7 +31,7 @@ var (
 )
 
 func (n *rootNode) Getattr(_ context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	dirAttr(rootIno, 2, n.f.created.Unix(), &out.Attr)
+	n.f.owner.dirAttr(rootIno, 2, n.f.created.Unix(), &out.Attr)
 	return 0
 }
 
@@ -51,7 +51,7 @@ func (n *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 		return nil, syscall.ENOENT
 	}
 	ino := n.f.refIno(ref)
-	dirAttr(ino, 2, n.f.created.Unix(), &out.Attr)
+	n.f.owner.dirAttr(ino, 2, n.f.created.Unix(), &out.Attr)
 	out.SetEntryTimeout(n.f.opts.LayerDirTimeout)
 	return n.NewInode(ctx, &refDir{f: n.f, ref: ref, ino: ino}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino}), 0
 }
@@ -88,7 +88,7 @@ var (
 )
 
 func (n *refDir) Getattr(_ context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	dirAttr(n.ino, 2, n.f.created.Unix(), &out.Attr)
+	n.f.owner.dirAttr(n.ino, 2, n.f.created.Unix(), &out.Attr)
 	return 0
 }
 
@@ -127,7 +127,7 @@ func (f *filesystem) lookupLayer(ctx context.Context, parent *fs.Inode, key view
 	if errno != 0 {
 		return nil, errno
 	}
-	dirAttr(v.ino, 3, v.created.Unix(), &out.Attr)
+	f.owner.dirAttr(v.ino, 3, v.created.Unix(), &out.Attr)
 	out.SetEntryTimeout(f.opts.LayerDirTimeout)
 	in := parent.NewInode(ctx, &layerDir{f: f, v: v}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: v.ino})
 	f.setInode(v, in)
@@ -184,7 +184,7 @@ const (
 )
 
 func (n *layerDir) Getattr(_ context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	dirAttr(n.v.ino, 3, n.v.created.Unix(), &out.Attr)
+	n.f.owner.dirAttr(n.v.ino, 3, n.v.created.Unix(), &out.Attr)
 	return 0
 }
 
@@ -200,10 +200,10 @@ func (n *layerDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	case diffName:
 		return v.newChild(ctx, &n.Inode, 0, out), 0
 	case infoName:
-		fileAttr(v.ino+infoInoOffset, int64(len(v.info)), v.created.Unix(), &out.Attr)
+		n.f.owner.fileAttr(v.ino+infoInoOffset, int64(len(v.info)), v.created.Unix(), &out.Attr)
 		return n.NewInode(ctx, &infoFile{v: v}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: v.ino + infoInoOffset}), 0
 	case blobName:
-		fileAttr(v.ino+blobInoOffset, v.blobSize, v.created.Unix(), &out.Attr)
+		n.f.owner.fileAttr(v.ino+blobInoOffset, v.blobSize, v.created.Unix(), &out.Attr)
 		return n.NewInode(ctx, &blobFile{v: v}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: v.ino + blobInoOffset}), 0
 	}
 	return nil, syscall.ENOENT
@@ -246,7 +246,7 @@ var (
 )
 
 func (n *infoFile) Getattr(_ context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	fileAttr(n.v.ino+infoInoOffset, int64(len(n.v.info)), n.v.created.Unix(), &out.Attr)
+	n.v.owner.fileAttr(n.v.ino+infoInoOffset, int64(len(n.v.info)), n.v.created.Unix(), &out.Attr)
 	return 0
 }
 
@@ -288,7 +288,7 @@ var (
 )
 
 func (n *blobFile) Getattr(_ context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	fileAttr(n.v.ino+blobInoOffset, n.v.blobSize, n.v.created.Unix(), &out.Attr)
+	n.v.owner.fileAttr(n.v.ino+blobInoOffset, n.v.blobSize, n.v.created.Unix(), &out.Attr)
 	return 0
 }
 

@@ -56,9 +56,13 @@ type Config struct {
 	// LogLevel is one of "debug", "info", "warn", "error". Default "info".
 	LogLevel string `toml:"log_level"`
 	// MetricsAddress, when set (e.g. "127.0.0.1:9641"), serves Prometheus
-	// metrics at http://<address>/metrics and Go's profiler under
-	// /debug/pprof/ (keep it on loopback). Default "" (off).
+	// metrics at http://<address>/metrics (keep it on loopback: any local
+	// user can reach it). Default "" (off).
 	MetricsAddress string `toml:"metrics_address"`
+	// Pprof also serves Go's profiler under /debug/pprof/ on
+	// metrics_address, for diagnosis: whoever reaches the address can then
+	// make the daemon burn CPU and read its goroutine stacks. Default false.
+	Pprof bool `toml:"pprof"`
 
 	Registry  RegistryConfig  `toml:"registry"`
 	Index     IndexConfig     `toml:"index"`
@@ -235,9 +239,15 @@ type ArtifactsConfig struct {
 
 // FUSEConfig tunes the FUSE mount.
 type FUSEConfig struct {
-	// AllowOther lets other users (podman's processes, the kernel's overlay
-	// mounts of rootless users) use the mount; non-root daemons need
-	// user_allow_other in /etc/fuse.conf. Default true.
+	// AllowOther lets users other than the daemon's reach the mount (the
+	// layers' own modes then apply below the layer directories, which stay
+	// the daemon's user's alone). Not needed when podman runs as the
+	// daemon's user: rootful podman with the root daemon, rootless podman
+	// with the daemon in its user namespace (`podman unshare lazypull
+	// serve`); overlay reads lower layers with the credentials of whoever
+	// mounted it (podman), never a container's. Needed only when a daemon
+	// serves podman processes of another uid; a non-root daemon then needs
+	// user_allow_other in /etc/fuse.conf. Default false.
 	AllowOther bool `toml:"allow_other"`
 	// AttrTimeout is how long the kernel caches attributes and entries of
 	// layer files (they never change). Default "1h".
@@ -308,7 +318,6 @@ func DefaultFor(root bool) Config {
 		},
 		FUSE: FUSEConfig{
 			Passthrough: true,
-			AllowOther:  true,
 			AttrTimeout: Duration(time.Hour),
 		},
 	}

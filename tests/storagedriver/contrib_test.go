@@ -55,8 +55,10 @@ func TestContribFilesAreTrue(t *testing.T) {
 	}
 
 	units := map[string][]string{
-		"contrib/systemd/lazypull.service":      {"ExecStart=/usr/local/bin/lazypull serve", "mkdir -p " + rootDefaults.MountPoint},
-		"contrib/systemd/user/lazypull.service": {"podman unshare /usr/local/bin/lazypull --config %h/.config/lazypull/config.toml serve", "mkdir -p %t/lazypull/store"},
+		"contrib/systemd/lazypull.service": {"ExecStart=/usr/local/bin/lazypull serve", "UMask=0077",
+			"install -d -m 0700 " + rootDefaults.RootDir + " " + rootDefaults.MountPoint},
+		"contrib/systemd/user/lazypull.service": {"podman unshare /usr/local/bin/lazypull --config %h/.config/lazypull/config.toml serve",
+			"UMask=0077", "install -d -m 0700 %t/lazypull %t/lazypull/store"},
 	}
 	for file, wants := range units {
 		b, err := os.ReadFile(repoFile(t, file))

@@ -257,7 +257,7 @@ func TestRootlessPodman(t *testing.T) {
 
 	// The daemon, as the user unit starts it: podman itself stats the mount
 	// point when it starts, so it must exist first.
-	u.mustRun("mkdir", "-p", mnt)
+	u.mustRun("install", "-d", "-m", "0700", filepath.Dir(mnt), mnt)
 	logPath := u.writeFile("daemon.log", "")
 	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {

@@ -68,6 +68,9 @@ type DaemonOptions struct {
 	Config map[string]any
 	// Env is added to the daemon's environment.
 	Env []string
+	// Root and MountPoint replace Dir/root and Dir/store (e.g. the
+	// shipped unit's layout, the mount point inside root_dir).
+	Root, MountPoint string
 }
 
 // Daemon is a running `lazypull serve`.
@@ -127,6 +130,12 @@ func NewDaemon(bin string, opts DaemonOptions) (*Daemon, error) {
 		ConfigPath: filepath.Join(opts.Dir, "config.toml"),
 		LogPath:    filepath.Join(opts.Dir, "daemon.log"),
 		env:        opts.Env,
+	}
+	if opts.Root != "" {
+		d.Root = opts.Root
+	}
+	if opts.MountPoint != "" {
+		d.MountPoint = opts.MountPoint
 	}
 	d.Socket = filepath.Join(d.Root, "lazypull.sock")
 	cfg := map[string]any{}
@@ -205,10 +214,17 @@ func (d *Daemon) Stop() error {
 	select {
 	case <-d.done:
 	case <-time.After(30 * time.Second):
-		_ = d.cmd.Process.Kill()
-		<-d.done
+		// SIGQUIT makes the Go runtime write every goroutine's stack to
+		// the log before exiting: the report names what shutdown waits on.
+		_ = d.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-d.done:
+		case <-time.After(10 * time.Second):
+			_ = d.cmd.Process.Kill()
+			<-d.done
+		}
 		d.cmd = nil
-		return errors.New("lazypull serve did not stop within 30s of SIGTERM")
+		return fmt.Errorf("lazypull serve did not stop within 30s of SIGTERM; goroutines:\n%s", d.LogTail(400))
 	}
 	d.cmd = nil
 	if d.err != nil {

@@ -89,6 +89,19 @@
 // tree is served every hard link's own tar header is checked, every file's
 // header run is checked before its first byte, and the layer is verified
 // in full in the background ([verification]), which promotes the index.
+// The bytes of such a gzip zTOC (header runs included) are served only
+// from checkpoints that the layer's verification run has already proven
+// (proof.go: one run per layer, shared by the filler, waiting readers and
+// start-up profiles; a reader raises it to Demand up to its span).
+//
+// # Limits
+//
+// Everything from outside is bounded: zTOCs by ztoc.Limits (the [index]
+// limits), on-demand indexing by the same limits while it streams, SOCI
+// indexes and manifests by their size; the shared repository by
+// artifact.Breaker (a deadline per lookup, then skipped for a while after
+// failures); a panicking FUSE request is logged by alsfs and fails with
+// EIO, and the span manager completes every flight it starts.
 //
 // # Exposure
 //

@@ -55,14 +55,21 @@ type layerIndex interface {
 	// in order, against the image (digest, DiffID) and the index; it
 	// returns what it found, for the log. An error wrapping
 	// errVerifyMismatch means the layer is not what the image says; others
-	// are the reader's.
-	VerifyLayer(ctx context.Context, r io.Reader, digest, diffID digest.Digest) (string, error)
+	// are the reader's. onCheckpoint, when not nil, is called with n as
+	// soon as the index's checkpoints 0..n-1 are proven to be the stream's
+	// (a zTOC's; an index without checkpoints never calls it).
+	VerifyLayer(ctx context.Context, r io.Reader, digest, diffID digest.Digest, onCheckpoint func(n int)) (string, error)
 	// Close releases what the index holds open.
 	Close() error
 }
 
 // errVerifyMismatch is wrapped by VerifyLayer errors that condemn the layer.
 var errVerifyMismatch = errors.New("the layer does not match its image")
+
+// hasWindows reports whether the layer's spans inflate from checkpoint
+// windows (a gzip zTOC), which an untrusted index must have proven before
+// its bytes are served (proof.go).
+func (z *ztocIndex) hasWindows() bool { return z.Format() == formatGzip }
 
 // ztocIndex is a zTOC opened from the local artifact store.
 type ztocIndex struct {
@@ -106,8 +113,8 @@ func (z *ztocIndex) Compression() int {
 // VerifyLayer runs ztoc's Verify: the blob's digest and size, the DiffID,
 // every checkpoint (in, out, bits, window) against the real deflate stream
 // and every entry against its own tar header.
-func (z *ztocIndex) VerifyLayer(ctx context.Context, r io.Reader, d, diffID digest.Digest) (string, error) {
-	res, err := z.x.Verify(ctx, r, ztoc.VerifyOptions{Digest: d, DiffID: diffID})
+func (z *ztocIndex) VerifyLayer(ctx context.Context, r io.Reader, d, diffID digest.Digest, onCheckpoint func(int)) (string, error) {
+	res, err := z.x.Verify(ctx, r, ztoc.VerifyOptions{Digest: d, DiffID: diffID, OnCheckpoint: onCheckpoint})
 	if errors.Is(err, ztoc.ErrVerify) {
 		err = fmt.Errorf("%w: %w", errVerifyMismatch, err)
 	}
@@ -179,7 +186,7 @@ func (t *tocIndex) Close() error                   { return nil }
 // VerifyLayer checks digest, size and DiffID, every tar header against the
 // TOC and every chunk's place in the tar stream; then every span's
 // compressed bytes are checked against their sha256 on later fetches.
-func (t *tocIndex) VerifyLayer(ctx context.Context, r io.Reader, d, diffID digest.Digest) (string, error) {
+func (t *tocIndex) VerifyLayer(ctx context.Context, r io.Reader, d, diffID digest.Digest, _ func(int)) (string, error) {
 	res, err := t.x.VerifyLayer(ctx, r, tocindex.Want{Digest: d, DiffID: diffID, TarSize: t.tarSize})
 	if errors.Is(err, tocindex.ErrVerify) {
 		err = fmt.Errorf("%w: %w", errVerifyMismatch, err)

@@ -63,6 +63,11 @@ type layer struct {
 	// file `blob` of a layer with its own TOC waits for it).
 	onBad     func(reason string)
 	verifyNow func(ctx context.Context) error
+	// startProof starts the layer's verification run if need be, fetching
+	// spans up to id at Demand priority (set by the Store); proof is what
+	// it has proven (proof.go).
+	startProof func(id int) *verifyRun
+	proof      proofState
 
 	// checks records the zTOC entries whose tar headers were checked (a
 	// file before its first byte is served, a hard link before its
@@ -167,6 +172,12 @@ func (l *layer) ReadFile(ctx context.Context, i int, p []byte, off int64) (int, 
 		return 0, io.EOF
 	}
 	want := min(int64(len(p)), m.UncompressedSize-off)
+	// Inflated bytes of an unverified zTOC are the layer's only from a
+	// proven checkpoint on (proof.go).
+	if err := l.awaitProof(ctx, l.idx.Layout().SpanOf(m.UncompressedOffset+off+want-1)); err != nil {
+		l.readFailed(err, m.Name)
+		return 0, err
+	}
 	n, err := l.spans.ReadAt(ctx, p[:want], m.UncompressedOffset+off)
 	if err == io.EOF && int64(n) == want {
 		err = nil
@@ -219,6 +230,11 @@ func (l *layer) checkEntry(ctx context.Context, i int, off, n int64) error {
 		}
 	}
 	if err := l.spans.Fetch(ctx, int(a), int(c), spans.Demand); err != nil {
+		return fmt.Errorf("read the tar header of %q: %w", m.Name, err)
+	}
+	// Header bytes inflated from a forged window could be forged too:
+	// check only bytes of proven spans (proof.go).
+	if err := l.awaitProof(ctx, int(x.SpanOf(max(he-1, hs)))); err != nil {
 		return fmt.Errorf("read the tar header of %q: %w", m.Name, err)
 	}
 	run := make([]byte, he-hs)

@@ -26,6 +26,7 @@ type metrics struct {
 	readLatency prometheus.Histogram
 	prefetched  prometheus.Counter
 	verified    *prometheus.CounterVec
+	proofWait   prometheus.Histogram
 }
 
 func newMetrics(s *Store) *metrics {
@@ -57,8 +58,13 @@ func newMetrics(s *Store) *metrics {
 		verified: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lazypull_layer_verifications_total", Help: "Whole-layer verifications, by result (ok, bad).",
 		}, []string{"result"}),
+		proofWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "lazypull_proof_wait_seconds",
+			Help:    "Time reads of a layer served from an unverified zTOC waited for the verification to prove the checkpoints of their spans.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
+		}),
 	}
-	m.reg.MustRegister(m.lookups, m.built, m.shared, m.readErrors, m.readBytes, m.readLatency, m.prefetched, m.verified,
+	m.reg.MustRegister(m.lookups, m.built, m.shared, m.readErrors, m.readBytes, m.readLatency, m.prefetched, m.verified, m.proofWait,
 		&storeCollector{s: s}, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

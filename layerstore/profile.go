@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -250,6 +251,11 @@ func (s *Store) replayProfile(img digest.Digest, ref reference.Named, l *layer) 
 		}
 		l.log.WithField("spans", len(ids)).Debug("Fetching the spans of the image's start-up profile")
 		l.spans.Warm(ids, spans.Demand)
+		if l.proof.needed && !l.verified.Load() && l.startProof != nil {
+			// An unverified index serves these spans once the layer's
+			// verification has passed them (proof.go): prove them now.
+			l.startProof(slices.Max(ids))
+		}
 	})
 }
 

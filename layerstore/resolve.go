@@ -530,7 +530,7 @@ func (s *Store) windowsFor(ws *windowSource, x *ztoc.LayerIndex, d digest.Digest
 			f.Close()
 		}
 	}
-	if reg, ok := s.shared.(*artifact.Registry); ok {
+	if reg := s.sharedReg; reg != nil {
 		ws.remotes = append(ws.remotes, func() (spans.Source, error) { return reg.BlobRanges(d, size) })
 	}
 	ws.remotes = append(ws.remotes, func() (spans.Source, error) { return s.client.Blob(ref, d, size) })
@@ -574,15 +574,22 @@ func (s *Store) findZtoc(ctx context.Context, ref reference.Named, img *remote.I
 	}
 	// 3. The fleet's shared store.
 	if s.shared != nil {
-		zd, err := s.findIn(ctx, s.shared, layerKey, imageKey, desc.Digest)
+		// Bounded as a whole: an unreachable repository costs a lookup
+		// this long at most, then nothing while its circuit is open.
+		sctx, cancel := context.WithTimeout(ctx, s.sharedTimeout())
+		zd, err := s.findIn(sctx, s.shared, layerKey, imageKey, desc.Digest)
 		if err == nil {
-			if err := s.copyToLocal(ctx, s.shared, zd, scopedKey); err == nil {
+			err = s.copyToLocal(sctx, s.shared, zd, scopedKey)
+			cancel()
+			if err == nil {
 				return ztocFound{zd, "shared", false}, nil
-			} else {
-				log.WithError(err).Warn("Copying zTOC from the shared artifact store failed")
 			}
-		} else if !errors.Is(err, artifact.ErrNotFound) {
-			log.WithError(err).Warn("Shared artifact store unavailable")
+			log.WithError(err).Warn("Copying zTOC from the shared artifact store failed")
+		} else {
+			cancel()
+			if !errors.Is(err, artifact.ErrNotFound) {
+				log.WithError(err).Warn("Shared artifact store unavailable")
+			}
 		}
 	}
 	// 4. A SOCI index in the image's registry.

@@ -2,6 +2,7 @@ package layerstore
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/lazypull/lazypull/layerstore/control"
@@ -83,5 +84,9 @@ func (s *Store) layerStatus(l *layer) control.LayerStatus {
 	}
 	l.mu.Unlock()
 	ls.Prefetch = s.fill.status(l)
+	if l.proof.needed && !ls.Verified {
+		// Bytes are served up to the proven checkpoints (proof.go).
+		ls.Prefetch += fmt.Sprintf("; %d of %d spans proven", min(l.proof.proven.Load(), int64(ls.Spans)), ls.Spans)
+	}
 	return ls
 }

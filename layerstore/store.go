@@ -47,6 +47,10 @@ type Options struct {
 	// HasCredentials reports whether the daemon reads ref's image with
 	// credentials (not a public image); nil means never.
 	HasCredentials func(ref reference.Named) bool
+	// SharedReadTimeout bounds the shared repository's part of a lookup
+	// (and each read from it); default 10s. After 3 failures in a row the
+	// repository is skipped for 30s (artifact.Breaker).
+	SharedReadTimeout time.Duration
 	// CredentialID identifies, without revealing it, the credential ref is
 	// read with right now (authbridge.Manager.CredentialID). A resolved
 	// image, and a layer directory served for it, are reused only under the
@@ -99,6 +103,10 @@ type Store struct {
 	backing  *backingWriter // nil without fuse.passthrough
 	started  time.Time
 	buildSem chan struct{} // bounds layers indexed at the same time
+
+	// sharedReg is the shared repository itself (shared wraps it in an
+	// artifact.Breaker); nil without one.
+	sharedReg *artifact.Registry
 
 	// ctx is canceled by Close; wg tracks the goroutines the store owns,
 	// started through background (bgMu guards closing: no new goroutine
@@ -231,7 +239,11 @@ func open(cfg config.Config, opts Options, lock *rootLock) (*Store, error) {
 			return nil, fmt.Errorf("artifacts.shared_repository %q: %w", repo, err)
 		}
 		s.sharedN = reference.TrimNamed(named)
-		s.shared = artifact.NewRegistry(client, s.sharedN)
+		s.sharedReg = artifact.NewRegistry(client, s.sharedN)
+		// A lookup never waits long on the shared repository: each read
+		// has a deadline, and after a few failures in a row it is skipped
+		// for a while (the lookup falls back to the image's registry).
+		s.shared = artifact.NewBreaker(s.sharedReg, artifact.BreakerOptions{ReadTimeout: s.sharedTimeout()})
 	}
 	s.metrics = newMetrics(s)
 	s.fill = newFiller(fillerConfig{
@@ -271,6 +283,14 @@ func fsBytes(dir string) (int64, error) {
 	return int64(st.Blocks) * st.Bsize, nil
 }
 
+// sharedTimeout bounds the shared repository's part of a lookup.
+func (s *Store) sharedTimeout() time.Duration {
+	if s.opts.SharedReadTimeout > 0 {
+		return s.opts.SharedReadTimeout
+	}
+	return 10 * time.Second
+}
+
 // Close stops background work and releases the store's resources. The FUSE
 // mount must be gone first.
 func (s *Store) Close() error {
@@ -298,17 +318,19 @@ func (s *Store) Close() error {
 
 // background runs fn on a goroutine the store owns: its context ends, and
 // Close waits for it, when the store closes.
-func (s *Store) background(fn func(ctx context.Context)) {
+// It reports whether fn was started (not when the store closes).
+func (s *Store) background(fn func(ctx context.Context)) bool {
 	s.bgMu.Lock()
 	defer s.bgMu.Unlock()
 	if s.closing {
-		return
+		return false
 	}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		fn(s.ctx)
 	}()
+	return true
 }
 
 // Client returns the registry client (for `lazypull index`).
@@ -657,7 +679,13 @@ func (s *Store) newLayer(p layerParts, log *logrus.Entry) *layer {
 		l.checks = ztoc.NewHeaderChecks(len(p.idx.Entries()))
 	}
 	l.onBad = func(reason string) { s.markBad(l, reason) }
-	l.verifyNow = func(ctx context.Context) error { return s.verifyLayerAt(ctx, l, spans.Demand) }
+	l.verifyNow = func(ctx context.Context) error { return s.verifyShared(ctx, l, spans.Demand) }
+	l.startProof = func(id int) *verifyRun { return s.proveUpTo(l, id) }
+	if z, ok := p.idx.(*ztocIndex); ok && z.hasWindows() && s.cfg.Verify.ProveCheckpoints {
+		// Cleared in effect once verified (a trusted index is verified at
+		// once): see proof.go.
+		l.proof.needed = true
+	}
 	l.spans = spans.New(spans.Options{
 		Layout:    p.idx.Layout(),
 		Sources:   l.sources,

@@ -11,28 +11,29 @@ import (
 
 // verifyLayer checks a layer as a whole: it streams the compressed blob
 // (prefix, then every span without the byte adjacent spans share; spans
-// not here are fetched in order, at Verify priority) through the index's
-// VerifyLayer: for a zTOC ztoc's Verify (the blob's digest and size, the
-// DiffID, every checkpoint against the real deflate stream, every entry
-// against its own tar header); for a layer with its own TOC tocindex's
-// (digest, size, DiffID, every tar header against the TOC, every chunk's
-// place in the tar stream). A mismatch marks the layer bad. It returns nil
-// once the layer is verified.
+// not here are fetched in order, at Verify priority unless a reader raised
+// the run) through the index's VerifyLayer: for a zTOC ztoc's Verify (the
+// blob's digest and size, the DiffID, every checkpoint against the real
+// deflate stream, every entry against its own tar header); for a layer with
+// its own TOC tocindex's (digest, size, DiffID, every tar header against
+// the TOC, every chunk's place in the tar stream). A mismatch marks the
+// layer bad. It returns nil once the layer is verified. The run is shared
+// (proof.go): readers of an unverified zTOC wait for it to pass their
+// spans' checkpoints.
 func (s *Store) verifyLayer(ctx context.Context, l *layer) error {
-	return s.verifyLayerAt(ctx, l, spans.Verify)
+	return s.verifyShared(ctx, l, spans.Verify)
 }
 
-// verifyLayerAt is verifyLayer fetching at priority p (Demand when the host
-// waits for the layer's blob).
-func (s *Store) verifyLayerAt(ctx context.Context, l *layer, p spans.Priority) error {
+// runVerification is the body of verification run r of l.
+func (s *Store) runVerification(ctx context.Context, l *layer, r *verifyRun) error {
 	if l.verified.Load() {
 		return nil
 	}
 	if err := l.badErr(); err != nil {
 		return err
 	}
-	stream := &layerStream{l: l, ctx: ctx, batch: int64(s.cfg.Prefetch.BatchSize), prio: p}
-	found, err := l.idx.VerifyLayer(ctx, stream, l.digest, l.diffID)
+	stream := &layerStream{l: l, ctx: ctx, batch: int64(s.cfg.Prefetch.BatchSize), run: r, idle: s.sched.WaitIdle}
+	found, err := l.idx.VerifyLayer(ctx, stream, l.digest, l.diffID, l.proof.advance)
 	if err != nil {
 		if ctx.Err() != nil || stream.err != nil || !errors.Is(err, errVerifyMismatch) {
 			return err // not the layer's fault: fetching failed
@@ -54,11 +55,16 @@ type layerStream struct {
 	l     *layer
 	ctx   context.Context
 	batch int64 // compressed bytes fetched at once
-	prio  spans.Priority
-	next  int
-	pos   int64 // compressed offset of the next byte to return
-	buf   []byte
-	hdr   bool
+	// run gives the priority of each fetch and records the batch in
+	// flight (a waiting reader raises both).
+	run *verifyRun
+	// idle waits until the link is idle (after a background fetch was
+	// preempted).
+	idle func(context.Context) error
+	next int
+	pos  int64 // compressed offset of the next byte to return
+	buf  []byte
+	hdr  bool
 	// err is set when getting the bytes failed (not the bytes' fault).
 	err error
 }
@@ -81,12 +87,12 @@ func (r *layerStream) Read(p []byte) (int, error) {
 				last++
 				size += spanLen(r.l, last)
 			}
-			if err := m.Fetch(r.ctx, r.next, last, r.prio); err != nil {
+			if err := r.fetch(r.next, last); err != nil {
 				r.err = err
 				return 0, err
 			}
 		}
-		data, err := m.Compressed(r.ctx, r.next, r.next, r.prio)
+		data, err := m.Compressed(r.ctx, r.next, r.next, r.run.priority(r.next))
 		if err != nil {
 			r.err = err
 			return 0, err
@@ -102,4 +108,24 @@ func (r *layerStream) Read(p []byte) (int, error) {
 	n := copy(p, r.buf)
 	r.buf = r.buf[n:]
 	return n, nil
+}
+
+// fetch makes spans a..b present at the run's priority; a background fetch
+// preempted by a container's read is tried again once the link is idle
+// (or at once when a reader raised the run meanwhile).
+func (r *layerStream) fetch(a, b int) error {
+	r.run.batchB.Store(int64(b))
+	r.run.batchA.Store(int64(a))
+	defer r.run.batchA.Store(-1)
+	for {
+		err := r.l.spans.Fetch(r.ctx, a, b, r.run.priority(a))
+		if !errors.Is(err, spans.ErrPreempted) {
+			return err
+		}
+		if r.run.priority(a) < spans.ReadAhead {
+			if err := r.idle(r.ctx); err != nil {
+				return err
+			}
+		}
+	}
 }

@@ -26,6 +26,13 @@ type VerifyOptions struct {
 	// OnProgress, when set, is called with the number of compressed bytes
 	// read so far, about every MiB.
 	OnProgress func(compressedBytes int64)
+	// OnCheckpoint, when set, is called with n each time checkpoint n-1 of
+	// a gzip zTOC has been found to match the real stream in every field
+	// (in, bits, out and window): checkpoints 0..n-1 are then proven, so
+	// spans 0..n-1 inflate to exactly the layer's bytes (their compressed
+	// bytes being the blob's), whatever the rest of the stream turns out
+	// to be. It runs on the decoding goroutine and must be quick.
+	OnCheckpoint func(n int)
 }
 
 // VerifyResult describes the layer Verify read.
@@ -331,5 +338,8 @@ func (v *verifier) boundary(bd flate.Boundary, window []byte, spans *spanHasher)
 		return err
 	}
 	v.next++
+	if v.opts.OnCheckpoint != nil {
+		v.opts.OnCheckpoint(v.next)
+	}
 	return nil
 }

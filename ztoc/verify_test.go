@@ -404,10 +404,28 @@ func TestForgedWindowAttack(t *testing.T) {
 	if _, err := r2.ReadAt(context.Background(), both, p0); !errors.Is(err, ErrVerify) {
 		t.Errorf("ReadAt over spans %d-%d = %v, want ErrVerify from the window check", victim-1, victim, err)
 	}
-	// Verify names the checkpoint.
-	_, err = x.Verify(context.Background(), bytes.NewReader(f.blob), f.opts())
+	// Verify names the checkpoint, and proves every checkpoint before the
+	// forged one, none from it on.
+	opts := f.opts()
+	proven := 0
+	opts.OnCheckpoint = func(n int) {
+		if n != proven+1 {
+			t.Errorf("OnCheckpoint(%d) after %d: want one more each time", n, proven)
+		}
+		proven = n
+	}
+	_, err = x.Verify(context.Background(), bytes.NewReader(f.blob), opts)
 	if want := fmt.Sprintf("checkpoint %d ", victim); !errors.Is(err, ErrVerify) || !strings.Contains(err.Error(), want) {
 		t.Errorf("Verify = %v, want ErrVerify naming %q", err, want)
+	}
+	if proven != int(victim) {
+		t.Errorf("Verify proved %d checkpoints of a zTOC whose checkpoint %d is forged, want %d", proven, victim, victim)
+	}
+	// The genuine zTOC has every checkpoint proven.
+	opts.OnCheckpoint = func(n int) { proven = n }
+	mustVerify(t, x0, f.blob, opts)
+	if want := len(x0.cps.Points); proven != want {
+		t.Errorf("Verify of the genuine zTOC proved %d checkpoints, want %d", proven, want)
 	}
 }
 

@@ -91,6 +91,7 @@ func (f *filesystem) nodeFSOptions() *fs.Options {
 		ExplicitDataCacheControl: true,
 		Logger:                   logger,
 		Debug:                    opts.Debug,
+		PanicHandler:             panicHandler(opts.Log),
 	}
 	if !opts.SkipPermissionChecks {
 		mo.Options = append(mo.Options, "default_permissions")

@@ -206,9 +206,18 @@ type VerifyConfig struct {
 	// Enabled verifies every lazily served layer as a whole in the
 	// background: blob digest, DiffID and every tar header against the
 	// index, fetching (in order, at the lowest priority, within the
-	// prefetch budget) what was not read or prefetched. Spans are verified
-	// when fetched either way. Default true.
+	// prefetch budget) what was not read or prefetched, prefetch on or
+	// off. Spans are verified when fetched either way. Default true.
 	Enabled bool `toml:"enabled"`
+	// ProveCheckpoints serves the bytes of a gzip layer whose index was
+	// not built or verified here (a registry's SOCI index, the shared
+	// repository's) only once the layer's verification has proven the
+	// checkpoint their span inflates from (it then runs on demand, up to
+	// that span): no byte a forged checkpoint window could change reaches
+	// a reader, at the cost of serving such a layer in order, as it
+	// streams. false trusts such an index's windows as far as the
+	// repository that served it until verification ends. Default true.
+	ProveCheckpoints bool `toml:"prove_checkpoints"`
 }
 
 // ArtifactsConfig controls where zTOCs and SOCI indexes are kept and shared.
@@ -304,7 +313,8 @@ func DefaultFor(root bool) Config {
 			Share: "public",
 		},
 		Verify: VerifyConfig{
-			Enabled: true,
+			Enabled:          true,
+			ProveCheckpoints: true,
 		},
 		FUSE: FUSEConfig{
 			Passthrough: true,

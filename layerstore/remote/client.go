@@ -309,8 +309,11 @@ func (c *Client) Close() error {
 
 // hostScheme is the URL scheme of an endpoint host, once known.
 type hostScheme struct {
-	mu     sync.Mutex
-	scheme string // "" until known
+	// sem (one slot) serializes the pings of a host; waiting for it ends
+	// with the caller's context (a ping of a host that hangs must not
+	// hold up callers with shorter deadlines).
+	sem    chan struct{}
+	scheme string // "" until known; guarded by sem
 }
 
 // schemeFor returns the URL scheme of ep: https, or for insecure endpoints
@@ -323,12 +326,16 @@ func (c *Client) schemeFor(ctx context.Context, ep *endpoint) (string, error) {
 	c.mu.Lock()
 	hs, ok := c.schemes[key]
 	if !ok {
-		hs = &hostScheme{}
+		hs = &hostScheme{sem: make(chan struct{}, 1)}
 		c.schemes[key] = hs
 	}
 	c.mu.Unlock()
-	hs.mu.Lock()
-	defer hs.mu.Unlock()
+	select {
+	case hs.sem <- struct{}{}:
+	case <-ctx.Done():
+		return "", fmt.Errorf("ping registry %s: %w", ep.host, ctx.Err())
+	}
+	defer func() { <-hs.sem }()
 	if hs.scheme != "" {
 		return hs.scheme, nil
 	}

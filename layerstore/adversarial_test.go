@@ -792,6 +792,22 @@ func TestUntrustedProofCost(t *testing.T) {
 	if nr.bytes > int64(len(l.blob))/10 {
 		t.Errorf("with prove_checkpoints = false the read fetched %d bytes of %d", nr.bytes, len(l.blob))
 	}
+	// verification.trust_indexes_for: the same, for the repositories named
+	// only ("app/untrust" is neither a "/"-prefix nor the repository).
+	s4 := newTestStore(t, reg, func(c *config.Config) {
+		c.Index.OnDemand = "off"
+		c.Verify.TrustIndexesFor = []string{reg.host + "/app/untrust", reg.host + "/app/"}
+	}, Options{})
+	if tr4, _ := first(t, s4, untrusted.ref); tr4.bytes > int64(len(l.blob))/10 {
+		t.Errorf("with trust_indexes_for naming the repository the read fetched %d bytes of %d", tr4.bytes, len(l.blob))
+	}
+	s5 := newTestStore(t, reg, func(c *config.Config) {
+		c.Index.OnDemand = "off"
+		c.Verify.TrustIndexesFor = []string{reg.host + "/app/untrust", reg.host + "/other/"}
+	}, Options{})
+	if tr5, _ := first(t, s5, untrusted.ref); tr5.bytes < ur.bytes/2 {
+		t.Errorf("with trust_indexes_for naming other repositories the read fetched %d bytes, want the proof's %d", tr5.bytes, ur.bytes)
+	}
 
 	i := entryIndex(t, c, "data/tail.bin")
 	e := c.Entries()[i]

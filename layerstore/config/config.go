@@ -218,6 +218,14 @@ type VerifyConfig struct {
 	// streams. false trusts such an index's windows as far as the
 	// repository that served it until verification ends. Default true.
 	ProveCheckpoints bool `toml:"prove_checkpoints"`
+	// TrustIndexesFor lists repositories ("registry.example.com/team/",
+	// "registry.example.com/app": a prefix ending in "/" or one exact
+	// repository) whose images are served from an index found in their
+	// registry or the shared repository without waiting for proofs: for
+	// them, whoever can push that index is trusted as far as whoever can
+	// push the image (its windows are still checked by the layer's
+	// verification, which marks the layer bad on a mismatch). Default none.
+	TrustIndexesFor []string `toml:"trust_indexes_for"`
 }
 
 // ArtifactsConfig controls where zTOCs and SOCI indexes are kept and shared.
@@ -315,6 +323,7 @@ func DefaultFor(root bool) Config {
 		Verify: VerifyConfig{
 			Enabled:          true,
 			ProveCheckpoints: true,
+			TrustIndexesFor:  []string{},
 		},
 		FUSE: FUSEConfig{
 			Passthrough: true,
@@ -484,6 +493,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Fetch.Concurrency < 1 || c.Fetch.Concurrency > 256 {
 		bad("fetch.concurrency must be within 1..256, got %d", c.Fetch.Concurrency)
+	}
+	for _, t := range c.Verify.TrustIndexesFor {
+		if t == "" || t == "/" || strings.ContainsAny(t, "@ \t") {
+			bad("verification.trust_indexes_for: %q is not a repository or a prefix ending in \"/\"", t)
+		}
 	}
 	if c.Fetch.ReadAhead < 0 || c.Fetch.ReadAhead > 1<<30 {
 		bad("fetch.read_ahead must be within 0..1GiB, got %s", c.Fetch.ReadAhead)

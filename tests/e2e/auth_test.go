@@ -575,6 +575,12 @@ func TestPrefetchSoakWithShortTokens(t *testing.T) {
 		"registry": map[string]any{"insecure": []string{r.Host}, "auth_file": authFile},
 		"index":    map[string]any{"min_layer_size": "4MiB"},
 		"prefetch": map[string]any{"enabled": true, "batch_size": "4MiB", "bandwidth": fmt.Sprint(bandwidth)},
+		// The index comes from the registry: without this, the containers'
+		// reads of files deep in the layer wait for the checkpoint proof,
+		// which streams the layer at demand priority (outside the capped
+		// background budget) and ends the soak in seconds. This test is
+		// about tokens over a long background fetch, not proofs.
+		"verification": map[string]any{"trust_indexes_for": []string{r.Host + "/"}},
 	}})
 	p := testenv.NewPodman(t, testenv.PodmanOptions{InsecureRegistries: []string{r.Host}, StorageOpts: []string{d.ALSOption()},
 		Env: []string{"REGISTRY_AUTH_FILE=" + authFile}})

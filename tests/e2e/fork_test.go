@@ -54,11 +54,20 @@ func forkBinary(t testing.TB, name string) string {
 // forkDaemonConfig is the layer store configuration of the fork tests: the
 // proxy and the registry insecure, no prefetch and no background
 // verification, so that the registry counts only what the pulls and the
-// containers read.
+// containers read. The tests push SOCI indexes to their own registry
+// (`lazypull index --push`), so it is named in trust_indexes_for, as an
+// operator names their own registry: without it, a read deep in a layer
+// waits for the checkpoint proof, which streams the layer up to it (what
+// the proof does is tested in layerstore's adversarial tests).
 func forkDaemonConfig(hosts ...string) map[string]any {
+	trusted := make([]string, len(hosts))
+	for i, h := range hosts {
+		trusted[i] = h + "/"
+	}
 	return map[string]any{
-		"registry": map[string]any{"insecure": hosts},
-		"prefetch": map[string]any{"enabled": false}, "verification": map[string]any{"enabled": false},
+		"registry":     map[string]any{"insecure": hosts},
+		"prefetch":     map[string]any{"enabled": false},
+		"verification": map[string]any{"enabled": false, "trust_indexes_for": trusted},
 	}
 }
 

@@ -232,7 +232,11 @@ func TestEvictionWhileReading(t *testing.T) {
 		"registry": map[string]any{"insecure": []string{reg.Host}},
 		"index":    map[string]any{"min_layer_size": "100KiB"},
 		"cache":    map[string]any{"span_cache_size": fmt.Sprint(capBytes)},
-		"prefetch": map[string]any{"enabled": false}, "verification": map[string]any{"enabled": false},
+		"prefetch": map[string]any{"enabled": false},
+		// The indexes were pushed to the test's own registry: random access
+		// without the checkpoint proof (which would stream every layer
+		// through the small cache first), so the test is about eviction.
+		"verification": map[string]any{"enabled": false, "trust_indexes_for": []string{reg.Host + "/"}},
 	}})
 	p := testenv.NewPodman(t, testenv.PodmanOptions{InsecureRegistries: []string{reg.Host}, StorageOpts: []string{d.ALSOption()}})
 	small := reg.Ref("lazypull/small", "v1")

@@ -2,7 +2,6 @@ package layerstore
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/lazypull/lazypull/layerstore/control"
@@ -86,7 +85,7 @@ func (s *Store) layerStatus(l *layer) control.LayerStatus {
 	ls.Prefetch = s.fill.status(l)
 	if l.proof.needed && !ls.Verified {
 		// Bytes are served up to the proven checkpoints (proof.go).
-		ls.Prefetch += fmt.Sprintf("; %d of %d spans proven", min(l.proof.proven.Load(), int64(ls.Spans)), ls.Spans)
+		ls.Proving, ls.SpansProven = true, int(min(l.proof.proven.Load(), int64(ls.Spans)))
 	}
 	return ls
 }

@@ -140,7 +140,11 @@ func Promote(ctx context.Context, store storage.Store, image string, status Stat
 			case !ls.Verified && ls.Prefetch == "off" && asked:
 				return nil, fmt.Errorf("promote %s: %w: layer %s is neither prefetched nor verified by the layer store (prefetch.enabled and verification.enabled are off in its configuration); %d/%d spans fetched", image, ErrCannotVerify, p.blob, ls.SpansCached, ls.Spans)
 			case !ls.Verified:
-				waiting = append(waiting, fmt.Sprintf("%s (%d/%d spans fetched, prefetch %s)", p.blob, ls.SpansCached, ls.Spans, ls.Prefetch))
+				proof := ""
+				if ls.Proving {
+					proof = fmt.Sprintf(", %d/%d spans proven", ls.SpansProven, ls.Spans)
+				}
+				waiting = append(waiting, fmt.Sprintf("%s (%d/%d spans fetched, prefetch %s%s)", p.blob, ls.SpansCached, ls.Spans, ls.Prefetch, proof))
 			}
 		}
 		if len(waiting) == 0 {

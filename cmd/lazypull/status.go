@@ -74,8 +74,12 @@ func printStatus(w io.Writer, st *control.Status) {
 		if from == "" {
 			from = "-"
 		}
+		prefetch := l.Prefetch
+		if l.Proving {
+			prefetch += fmt.Sprintf("; %d/%d spans proven", l.SpansProven, l.Spans)
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%d\t%s\t%s\t%s\t%s\t%v\n", shortDigest(l.Digest), l.Format, size(l.Size), l.SpansCached, l.Spans,
-			size(l.BytesFetched), l.InUse, l.IndexSource, l.Prefetch, verified, from, l.Refs)
+			size(l.BytesFetched), l.InUse, l.IndexSource, prefetch, verified, from, l.Refs)
 	}
 	tw.Flush()
 }

@@ -76,24 +76,29 @@ type ReadStats struct {
 
 // LayerStatus is one served layer.
 type LayerStatus struct {
-	Digest         string   `json:"digest"`
-	Refs           []string `json:"refs"`
-	Size           int64    `json:"size"`
-	Spans          int      `json:"spans"`
-	SpansCached    int      `json:"spans_cached"`
-	BytesFetched   int64    `json:"bytes_fetched"`
-	InUse          int      `json:"in_use"`   // references held by the host (ALS use/release)
-	Views          int      `json:"views"`    // layer directories the FUSE tree serves it through
-	Prefetch       string   `json:"prefetch"` // "off", "waiting", "running", "done", "failed: ..."
-	Verified       bool     `json:"verified"`
-	Bad            string   `json:"bad,omitempty"` // why the layer was marked bad
-	IndexSource    string   `json:"index_source"`  // "local", "shared", "registry", "built" (zTOC), "toc" (the layer's own)
-	Format         string   `json:"format"`        // "gzip", "tar" (through a zTOC), "estargz", "zstd:chunked" (through their own TOC)
-	TOCDigest      string   `json:"toc_digest,omitempty"`
-	Endpoint       string   `json:"endpoint"` // repository (at a mirror or the origin) that served the last read
-	ReadsServed    int64    `json:"reads"`
-	ReadErrors     int64    `json:"read_errors"`
-	FirstMountedAt string   `json:"mounted_at"`
+	Digest       string   `json:"digest"`
+	Refs         []string `json:"refs"`
+	Size         int64    `json:"size"`
+	Spans        int      `json:"spans"`
+	SpansCached  int      `json:"spans_cached"`
+	BytesFetched int64    `json:"bytes_fetched"`
+	InUse        int      `json:"in_use"`   // references held by the host (ALS use/release)
+	Views        int      `json:"views"`    // layer directories the FUSE tree serves it through
+	Prefetch     string   `json:"prefetch"` // "off", "waiting", "running", "done", "failed: ..."
+	Verified     bool     `json:"verified"`
+	// Proving is set while reads of the layer wait for the checkpoint
+	// proof (an unverified gzip index from elsewhere); SpansProven spans
+	// are served so far.
+	Proving        bool   `json:"proving,omitempty"`
+	SpansProven    int    `json:"spans_proven,omitempty"`
+	Bad            string `json:"bad,omitempty"` // why the layer was marked bad
+	IndexSource    string `json:"index_source"`  // "local", "shared", "registry", "built" (zTOC), "toc" (the layer's own)
+	Format         string `json:"format"`        // "gzip", "tar" (through a zTOC), "estargz", "zstd:chunked" (through their own TOC)
+	TOCDigest      string `json:"toc_digest,omitempty"`
+	Endpoint       string `json:"endpoint"` // repository (at a mirror or the origin) that served the last read
+	ReadsServed    int64  `json:"reads"`
+	ReadErrors     int64  `json:"read_errors"`
+	FirstMountedAt string `json:"mounted_at"`
 }
 
 // PruneRequest asks the daemon to evict cached data of layers not in use.

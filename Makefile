@@ -8,7 +8,7 @@ LDFLAGS := -X main.version=$(VERSION)
 BIN     := bin/lazypull
 GO      := go
 
-.PHONY: all build run test test-unit test-e2e test-compat fuzz bench bench-compat bench-e2e vet clean deps-run deps-test
+.PHONY: all build run test test-unit test-e2e test-compat fuzz bench bench-compat bench-e2e bench-real vet clean deps-run deps-test
 
 all: build
 
@@ -54,6 +54,12 @@ bench-compat:
 
 bench-e2e:
 	tests/bench/run.sh
+
+# The real-distribution image (Debian + python/numpy/pandas/scipy + gcc):
+# stock podman, lazypull (first/second machine, cached, prefetch) and
+# stargz-store, pull + first run; table and chart in tests/bench/results/.
+bench-real:
+	tests/bench/real.sh $(BENCHFLAGS)
 
 clean:
 	rm -rf bin

@@ -68,6 +68,9 @@ type DaemonOptions struct {
 	Config map[string]any
 	// Env is added to the daemon's environment.
 	Env []string
+	// LogLevel is the daemon's log_level; default "debug" (benchmarks use
+	// "info": debug logs every read).
+	LogLevel string
 }
 
 // Daemon is a running `lazypull serve`.
@@ -133,7 +136,11 @@ func NewDaemon(bin string, opts DaemonOptions) (*Daemon, error) {
 	for k, v := range opts.Config {
 		cfg[k] = v
 	}
-	cfg["root_dir"], cfg["mount_point"], cfg["socket"], cfg["log_level"] = d.Root, d.MountPoint, d.Socket, "debug"
+	level := opts.LogLevel
+	if level == "" {
+		level = "debug"
+	}
+	cfg["root_dir"], cfg["mount_point"], cfg["socket"], cfg["log_level"] = d.Root, d.MountPoint, d.Socket, level
 	var buf bytes.Buffer
 	if err := toml.NewEncoder(&buf).Encode(cfg); err != nil {
 		return nil, fmt.Errorf("daemon config: %w", err)

@@ -54,16 +54,16 @@ type bench struct {
 	dir         string
 	cases       map[string]bool // empty: all
 
-	reg, artifacts       *testenv.Registry
-	count, artCount      *testenv.CountingProxy
-	regLink, artLink     *netproxy.Proxy
-	gzipRef, estargzRef  string
-	insecure             []string
-	shared               string
-	rows                 []row
-	firstDaemon          *testenv.Daemon
-	firstPodman          *testenv.Podman
-	firstDaemonRecording time.Time
+	reg, artifacts      *testenv.Registry
+	count, artCount     *testenv.CountingProxy
+	regLink, artLink    *netproxy.Proxy
+	gzipRef, estargzRef string
+	insecure            []string
+	shared              string
+	rows                []row
+	closers             []func() error // what setup started, in order
+	firstDaemon         *testenv.Daemon
+	firstPodman         *testenv.Podman
 }
 
 func (b *bench) want(c string) bool { return len(b.cases) == 0 || b.cases[c] }
@@ -108,21 +108,27 @@ func (b *bench) setup() error {
 	if b.reg, err = testenv.NewRegistry(testenv.RegistryOptions{Dir: filepath.Join(b.dir, "registry")}); err != nil {
 		return err
 	}
+	b.closers = append(b.closers, b.reg.Close)
 	if b.artifacts, err = testenv.NewRegistry(testenv.RegistryOptions{Dir: filepath.Join(b.dir, "artifacts")}); err != nil {
 		return err
 	}
+	b.closers = append(b.closers, b.artifacts.Close)
 	if b.count, err = testenv.NewCountingProxy(b.reg.URL); err != nil {
 		return err
 	}
+	b.closers = append(b.closers, b.count.Close)
 	if b.artCount, err = testenv.NewCountingProxy(b.artifacts.URL); err != nil {
 		return err
 	}
+	b.closers = append(b.closers, b.artCount.Close)
 	if b.regLink, err = netproxy.New(netproxy.Config{Target: b.count.Host, Rate: b.link.Rate, RTT: b.link.RTT}); err != nil {
 		return err
 	}
+	b.closers = append(b.closers, b.regLink.Close)
 	if b.artLink, err = netproxy.New(netproxy.Config{Target: b.artCount.Host, Rate: b.link.Rate, RTT: b.link.RTT}); err != nil {
 		return err
 	}
+	b.closers = append(b.closers, b.artLink.Close)
 	ctx := context.Background()
 	b.logf("pushing the image (gzip and eStargz) and lazypull's index")
 	if _, err := testenv.Push(ctx, b.reg.URL, "bench/debian", "gzip", b.img.Layout); err != nil {
@@ -146,23 +152,12 @@ func (b *bench) teardown() {
 		b.stop(b.firstDaemon, b.firstPodman)
 		b.firstDaemon = nil
 	}
-	for _, c := range []interface{ Close() error }{b.regLink, b.artLink, b.count, b.artCount, b.reg, b.artifacts} {
-		if c != nil && !isNil(c) {
-			c.Close()
+	for i := len(b.closers) - 1; i >= 0; i-- {
+		if err := b.closers[i](); err != nil {
+			b.logf("teardown: %v", err)
 		}
 	}
-}
-
-func isNil(c any) bool {
-	switch v := c.(type) {
-	case *netproxy.Proxy:
-		return v == nil
-	case *testenv.CountingProxy:
-		return v == nil
-	case *testenv.Registry:
-		return v == nil
-	}
-	return false
+	b.closers = nil
 }
 
 // index builds the image's index with lazypull's defaults and pushes it to

@@ -406,6 +406,9 @@ func writeLayer(rootfs, blobs string, paths []string, epoch time.Time) (layerInf
 	if err := zw.Close(); err != nil {
 		return layerInfo{}, "", err
 	}
+	if err := tmp.Chmod(0o644); err != nil {
+		return layerInfo{}, "", err
+	}
 	if err := tmp.Close(); err != nil {
 		return layerInfo{}, "", err
 	}

@@ -20,14 +20,13 @@ import (
 
 // The cases, in the order they run within a round.
 const (
-	caseStock        = "stock"          // eager pull, first run with the page cache warm from the pull
-	caseStockCold    = "stock-cold"     // another container, page cache dropped
-	caseFirst        = "lazy-first"     // first machine: index in the registry, prefetch off
-	caseStargz       = "stargz-store"   // the peer on the eStargz copy
-	caseSecond       = "lazy-second"    // second machine: index and start-up profile shared
-	casePrefetch     = "lazy-prefetch"  // first machine with the defaults (prefetch, verification on)
-	caseCached       = "lazy-cached"    // every span on disk, page cache dropped, a new container
-	profileRepoParts = "lazypull/bench" // shared repository prefix in the artifact registry
+	caseStock     = "stock"         // eager pull, first run with the page cache warm from the pull
+	caseStockCold = "stock-cold"    // another container, page cache dropped
+	caseFirst     = "lazy-first"    // first machine: index in the registry, prefetch off
+	caseStargz    = "stargz-store"  // the peer on the eStargz copy
+	caseSecond    = "lazy-second"   // second machine: index and start-up profile shared
+	casePrefetch  = "lazy-prefetch" // first machine with the defaults (prefetch, verification on)
+	caseCached    = "lazy-cached"   // every span on disk, page cache dropped, a new container
 )
 
 var caseNames = []string{caseStock, caseStockCold, caseFirst, caseStargz, caseSecond, casePrefetch, caseCached}
@@ -54,7 +53,8 @@ type bench struct {
 	dir         string
 	cases       map[string]bool // empty: all
 
-	reg, artifacts      *testenv.Registry
+	regs                *registries
+	sharedRepo          string // this round's repository in the artifact registry
 	count, artCount     *testenv.CountingProxy
 	regLink, artLink    *netproxy.Proxy
 	gzipRef, estargzRef string
@@ -97,27 +97,56 @@ func (b *bench) run() ([]row, error) {
 	return b.rows, nil
 }
 
-// setup starts the registries, the counting proxies and the links, and
-// pushes the image (gzip, with the index lazypull builds and pushes, and the
-// eStargz copy).
+// registries are the image registry (the image as gzip with lazypull's
+// index, and as eStargz) and the artifact registry, shared by every link and
+// round (each round shares its own repository in the artifact registry).
+type registries struct {
+	reg, artifacts *testenv.Registry
+}
+
+func (r *registries) Close() error {
+	return errors.Join(r.reg.Close(), r.artifacts.Close())
+}
+
+// newRegistries starts the registries and pushes the image and its index
+// (built by lazypull with its defaults, from a machine of its own).
+func newRegistries(dir, bin string, img *image) (*registries, error) {
+	reg, err := testenv.NewRegistry(testenv.RegistryOptions{Dir: filepath.Join(dir, "registry")})
+	if err != nil {
+		return nil, err
+	}
+	artifacts, err := testenv.NewRegistry(testenv.RegistryOptions{Dir: filepath.Join(dir, "artifacts")})
+	if err != nil {
+		reg.Close()
+		return nil, err
+	}
+	r := &registries{reg: reg, artifacts: artifacts}
+	ctx := context.Background()
+	logf("pushing the image (gzip and eStargz) and indexing it (lazypull index --push)")
+	for _, p := range []struct{ tag, layout string }{{"gzip", img.Layout}, {"estargz", img.Estargz}} {
+		if _, err := testenv.Push(ctx, reg.URL, "bench/debian", p.tag, p.layout); err != nil {
+			r.Close()
+			return nil, err
+		}
+	}
+	if err := index(bin, filepath.Join(dir, "indexer"), reg.Host, reg.Host+"/bench/debian:gzip"); err != nil {
+		r.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// setup starts this round's counting proxies and links.
 func (b *bench) setup() error {
 	var err error
 	if err = os.MkdirAll(b.dir, 0o755); err != nil {
 		return err
 	}
-	if b.reg, err = testenv.NewRegistry(testenv.RegistryOptions{Dir: filepath.Join(b.dir, "registry")}); err != nil {
-		return err
-	}
-	b.closers = append(b.closers, b.reg.Close)
-	if b.artifacts, err = testenv.NewRegistry(testenv.RegistryOptions{Dir: filepath.Join(b.dir, "artifacts")}); err != nil {
-		return err
-	}
-	b.closers = append(b.closers, b.artifacts.Close)
-	if b.count, err = testenv.NewCountingProxy(b.reg.URL); err != nil {
+	if b.count, err = testenv.NewCountingProxy(b.regs.reg.URL); err != nil {
 		return err
 	}
 	b.closers = append(b.closers, b.count.Close)
-	if b.artCount, err = testenv.NewCountingProxy(b.artifacts.URL); err != nil {
+	if b.artCount, err = testenv.NewCountingProxy(b.regs.artifacts.URL); err != nil {
 		return err
 	}
 	b.closers = append(b.closers, b.artCount.Close)
@@ -129,21 +158,11 @@ func (b *bench) setup() error {
 		return err
 	}
 	b.closers = append(b.closers, b.artLink.Close)
-	ctx := context.Background()
-	b.logf("pushing the image (gzip and eStargz) and lazypull's index")
-	if _, err := testenv.Push(ctx, b.reg.URL, "bench/debian", "gzip", b.img.Layout); err != nil {
-		return err
-	}
-	if _, err := testenv.Push(ctx, b.reg.URL, "bench/debian", "estargz", b.img.Estargz); err != nil {
-		return err
-	}
-	if err := b.index(b.reg.Host + "/bench/debian:gzip"); err != nil {
-		return err
-	}
 	b.gzipRef = b.regLink.Addr() + "/bench/debian:gzip"
 	b.estargzRef = b.regLink.Addr() + "/bench/debian:estargz"
 	b.insecure = []string{b.regLink.Addr(), b.artLink.Addr()}
-	b.shared = b.artLink.Addr() + "/" + profileRepoParts
+	b.sharedRepo = fmt.Sprintf("lazypull/bench-%s-%d", b.link.Name, b.round)
+	b.shared = b.artLink.Addr() + "/" + b.sharedRepo
 	return nil
 }
 
@@ -160,19 +179,18 @@ func (b *bench) teardown() {
 	b.closers = nil
 }
 
-// index builds the image's index with lazypull's defaults and pushes it to
-// the image registry, from a machine of its own.
-func (b *bench) index(ref string) error {
-	dir := filepath.Join(b.dir, "indexer")
+// index builds the index of ref with lazypull's defaults and pushes it to
+// the image registry.
+func index(bin, dir, host, ref string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
 	cfg := filepath.Join(dir, "config.toml")
-	body := fmt.Sprintf("root_dir = %q\n[registry]\ninsecure = [%q]\n", filepath.Join(dir, "root"), b.reg.Host)
+	body := fmt.Sprintf("root_dir = %q\n[registry]\ninsecure = [%q]\n", filepath.Join(dir, "root"), host)
 	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
 		return err
 	}
-	out, err := exec.Command(b.bin, "--config", cfg, "index", "--push", ref).CombinedOutput()
+	out, err := exec.Command(bin, "--config", cfg, "index", "--push", ref).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("lazypull index --push: %w: %s", err, out)
 	}
@@ -391,7 +409,7 @@ func (b *bench) second() error {
 func (b *bench) waitProfile(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		resp, err := http.Get(b.artifacts.URL + "/v2/" + profileRepoParts + "/tags/list")
+		resp, err := http.Get(b.regs.artifacts.URL + "/v2/" + b.sharedRepo + "/tags/list")
 		if err == nil {
 			var tags struct {
 				Tags []string `json:"tags"`

@@ -91,13 +91,18 @@ func mainErr() error {
 		return err
 	}
 	defer os.RemoveAll(work)
+	regs, err := newRegistries(work, absBin, img)
+	if err != nil {
+		return err
+	}
+	defer regs.Close()
 	for _, name := range strings.Split(*which, ",") {
 		l, ok := links[name]
 		if !ok {
 			return fmt.Errorf("unknown link %q", name)
 		}
 		for round := 1; round <= *rounds; round++ {
-			b := &bench{bin: absBin, stargz: *stargzStore, img: img, link: l, round: round,
+			b := &bench{bin: absBin, stargz: *stargzStore, img: img, regs: regs, link: l, round: round,
 				dir: filepath.Join(work, fmt.Sprintf("%s-%d", l.Name, round)), cases: cases}
 			rows, err := b.run()
 			res.Rows = append(res.Rows, rows...)

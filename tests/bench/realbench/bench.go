@@ -52,6 +52,8 @@ type bench struct {
 	round       int
 	dir         string
 	cases       map[string]bool // empty: all
+	prof        profiler
+	metrics     map[string]string // daemon name -> metrics address (with prof)
 
 	regs                *registries
 	sharedRepo          string // this round's repository in the artifact registry
@@ -299,6 +301,14 @@ func (b *bench) lazy(name string, cfg map[string]any) (*testenv.Daemon, *testenv
 	for k, v := range cfg {
 		full[k] = v
 	}
+	if b.prof.dir != "" {
+		addr, err := freeAddr()
+		if err != nil {
+			return nil, nil, err
+		}
+		full["metrics_address"] = addr
+		b.metrics[name] = addr
+	}
 	d, err := testenv.NewDaemon(b.bin, testenv.DaemonOptions{Dir: filepath.Join(b.dir, name), Config: full, LogLevel: "info"})
 	if err != nil {
 		return nil, nil, err
@@ -330,9 +340,14 @@ func (b *bench) lazyRow(c string, d *testenv.Daemon, pm *testenv.Podman) (row, e
 	if r.Pull, r.PullBytes, err = b.pull(pm, b.gzipRef); err != nil {
 		return r, err
 	}
+	name := fmt.Sprintf("%s-%s-%d", c, b.link.Name, b.round)
+	addr := b.metrics[strings.TrimPrefix(c, "lazy-")]
+	wait := b.prof.cpu(addr, name, 10*time.Second)
 	if r.Run, r.RunBytes, err = b.firstRun(pm, b.gzipRef); err != nil {
 		return r, err
 	}
+	wait()
+	b.prof.heap(addr, name)
 	r.PeakRSS, _ = d.PeakRSS()
 	if n := lazyLayers(d); n != len(b.img.Layers) {
 		r.Note = fmt.Sprintf("only %d of %d layers lazy", n, len(b.img.Layers))

@@ -60,6 +60,7 @@ func mainErr() error {
 	out := flag.String("out", "tests/bench/results", "directory for results.md, results.json, results.svg")
 	rounds := flag.Int("rounds", 1, "rounds of every case per link")
 	only := flag.String("cases", "", "cases to run, comma separated (default all): "+strings.Join(caseNames, ", "))
+	pprofDir := flag.String("pprof", "", "save CPU (first 10 s of the run) and heap profiles of the lazypull daemons here")
 	mirror := flag.String("mirror", "", "Debian mirror (default the host's, as apt has it)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -103,7 +104,8 @@ func mainErr() error {
 		}
 		for round := 1; round <= *rounds; round++ {
 			b := &bench{bin: absBin, stargz: *stargzStore, img: img, regs: regs, link: l, round: round,
-				dir: filepath.Join(work, fmt.Sprintf("%s-%d", l.Name, round)), cases: cases}
+				dir: filepath.Join(work, fmt.Sprintf("%s-%d", l.Name, round)), cases: cases,
+				prof: profiler{dir: *pprofDir}, metrics: map[string]string{}}
 			rows, err := b.run()
 			res.Rows = append(res.Rows, rows...)
 			if err != nil {

@@ -111,9 +111,9 @@ func (r *results) markdown() string {
 	var b strings.Builder
 	img := r.Image
 	fmt.Fprintf(&b, "## Real-distribution benchmark (%s)\n\n", r.Started.Format("2006-01-02 15:04 UTC"))
-	fmt.Fprintf(&b, "Image: Debian %s minbase + `%s` (versions in packages.txt), SOURCE_DATE_EPOCH=%d; %d layers, %s gzip (%.1f MB), %s eStargz (%.1f MB), %.2f GB tar, %d files.\n",
-		r.Recipe.Suite, strings.Join(r.Recipe.Packages, " "), r.Recipe.Epoch, len(img.Layers), mb(img.Compressed), float64(img.Compressed)/1e6,
-		mb(img.Estargzed), float64(img.Estargzed)/1e6, float64(img.Tar)/1e9, img.Files)
+	fmt.Fprintf(&b, "Image: Debian %s minbase + `%s` (versions in packages.txt), SOURCE_DATE_EPOCH=%d; %d layers, %s gzip, %s eStargz, %.2f GB tar, %d files.\n",
+		r.Recipe.Suite, strings.Join(r.Recipe.Packages, " "), r.Recipe.Epoch, len(img.Layers), mb(img.Compressed),
+		mb(img.Estargzed), float64(img.Tar)/1e9, img.Files)
 	fmt.Fprintf(&b, "Workload: `podman run --rm IMAGE %s` until it prints %q. Bytes: HTTP response bodies from the image and artifact registries (counting proxy), in MB (10^6).\n",
 		strings.Join(quoteArgs(workload), " "), workloadOutput)
 	for _, link := range r.linkOrder() {

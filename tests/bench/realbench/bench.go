@@ -53,6 +53,7 @@ type bench struct {
 	dir         string
 	cases       map[string]bool // empty: all
 	prof        profiler
+	extra       map[string]any    // configuration over every lazypull daemon's
 	metrics     map[string]string // daemon name -> metrics address (with prof)
 
 	regs                *registries
@@ -300,6 +301,23 @@ func (b *bench) lazy(name string, cfg map[string]any) (*testenv.Daemon, *testenv
 	full := map[string]any{"registry": map[string]any{"insecure": b.insecure}}
 	for k, v := range cfg {
 		full[k] = v
+	}
+	// Overrides (experiments): tables merge key by key.
+	for k, v := range b.extra {
+		sub, ok1 := v.(map[string]any)
+		cur, ok2 := full[k].(map[string]any)
+		if !ok1 || !ok2 {
+			full[k] = v
+			continue
+		}
+		merged := map[string]any{}
+		for kk, vv := range cur {
+			merged[kk] = vv
+		}
+		for kk, vv := range sub {
+			merged[kk] = vv
+		}
+		full[k] = merged
 	}
 	if b.prof.dir != "" {
 		addr, err := freeAddr()

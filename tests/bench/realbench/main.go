@@ -61,6 +61,7 @@ func mainErr() error {
 	rounds := flag.Int("rounds", 1, "rounds of every case per link")
 	only := flag.String("cases", "", "cases to run, comma separated (default all): "+strings.Join(caseNames, ", "))
 	pprofDir := flag.String("pprof", "", "save CPU (first 10 s of the run) and heap profiles of the lazypull daemons here")
+	extra := flag.String("lazypull-config", "", `configuration over every lazypull daemon's, as JSON tables (experiments), e.g. {"fetch":{"read_ahead":"0"}}`)
 	mirror := flag.String("mirror", "", "Debian mirror (default the host's, as apt has it)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -86,6 +87,12 @@ func mainErr() error {
 			cases[c] = true
 		}
 	}
+	var extraCfg map[string]any
+	if *extra != "" {
+		if err := json.Unmarshal([]byte(*extra), &extraCfg); err != nil {
+			return fmt.Errorf("-lazypull-config: %w", err)
+		}
+	}
 	res := &results{Image: img, Recipe: r, Started: time.Now().UTC()}
 	work, err := os.MkdirTemp("/var/tmp", "realbench-")
 	if err != nil {
@@ -105,7 +112,7 @@ func mainErr() error {
 		for round := 1; round <= *rounds; round++ {
 			b := &bench{bin: absBin, stargz: *stargzStore, img: img, regs: regs, link: l, round: round,
 				dir: filepath.Join(work, fmt.Sprintf("%s-%d", l.Name, round)), cases: cases,
-				prof: profiler{dir: *pprofDir}, metrics: map[string]string{}}
+				prof: profiler{dir: *pprofDir}, metrics: map[string]string{}, extra: extraCfg}
 			rows, err := b.run()
 			res.Rows = append(res.Rows, rows...)
 			if err != nil {

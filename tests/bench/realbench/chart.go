@@ -35,7 +35,7 @@ func (r *results) svg() string {
 				continue
 			}
 			b := bar{label: caseLabels[c], pull: s.pull, run: s.run}
-			if c == caseStockCold || c == caseCached {
+			if c == caseStockCold || c == caseCached || c == caseCachedAgain {
 				b.pull = 0
 			}
 			p.bars = append(p.bars, b)

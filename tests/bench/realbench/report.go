@@ -17,13 +17,14 @@ type results struct {
 
 // caseLabels are the table's names of the cases.
 var caseLabels = map[string]string{
-	caseStock:     "stock podman 4.3.1 (eager pull)",
-	caseStockCold: "stock, another container, page cache dropped",
-	caseFirst:     "lazypull, first machine (index in the registry, prefetch off)",
-	caseSecond:    "lazypull, second machine (index + start-up profile shared)",
-	casePrefetch:  "lazypull, first machine, defaults (prefetch + verification on)",
-	caseCached:    "lazypull, every span on disk, page cache dropped",
-	caseStargz:    "stargz-store v0.15.1, eStargz copy",
+	caseStock:       "stock podman 4.3.1 (eager pull)",
+	caseStockCold:   "stock, another container, page cache dropped",
+	caseFirst:       "lazypull, first machine (index in the registry, prefetch off)",
+	caseSecond:      "lazypull, second machine (index + start-up profile shared)",
+	casePrefetch:    "lazypull, first machine, defaults (prefetch + verification on)",
+	caseCached:      "lazypull, every span on disk, page cache dropped",
+	caseCachedAgain: "lazypull, every span on disk, again (passthrough), page cache dropped",
+	caseStargz:      "stargz-store v0.15.1, eStargz copy",
 }
 
 // linkOrder lists the links measured, in the order of the rows.
@@ -127,7 +128,7 @@ func (r *results) markdown() string {
 				continue
 			}
 			total := secs(s.total)
-			if c == caseStockCold || c == caseCached {
+			if c == caseStockCold || c == caseCached || c == caseCachedAgain {
 				total = "—"
 			} else if s.n > 1 {
 				total = fmt.Sprintf("%s (%.2f–%.2f)", total, s.minTotal, s.maxTotal)
@@ -137,7 +138,7 @@ func (r *results) markdown() string {
 				run = fmt.Sprintf("%s (%.2f–%.2f)", run, s.minRun, s.maxRun)
 			}
 			pull, pb := secs(s.pull), mb(s.pullBytes)
-			if c == caseStockCold || c == caseCached {
+			if c == caseStockCold || c == caseCached || c == caseCachedAgain {
 				pull, pb = "—", "—"
 			}
 			rss := "—"
@@ -216,7 +217,11 @@ func (r *results) goals(link string) []string {
 	}
 	if okCold && okCached {
 		x := cached.run / cold.run
-		out = append(out, fmt.Sprintf("first run with every span on disk %.2f s vs stock overlay %.2f s (both page cache dropped): %.2fx (goal <= 1.2x, passthrough <= 1.05x) %s", cached.run, cold.run, x, verdict(x <= 1.2)))
+		out = append(out, fmt.Sprintf("first run with every span on disk %.2f s vs stock overlay %.2f s (both page cache dropped): %.2fx (goal <= 1.2x) %s", cached.run, cold.run, x, verdict(x <= 1.2)))
+	}
+	if again, ok := r.stat(link, caseCachedAgain); ok && okCold {
+		x := again.run / cold.run
+		out = append(out, fmt.Sprintf("the same run again (files passed through) %.2f s vs stock overlay %.2f s: %.2fx (goal <= 1.05x) %s", again.run, cold.run, x, verdict(x <= 1.05)))
 	}
 	if okFirst && okPre {
 		x := pre.run / first.run

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -548,14 +549,35 @@ func (m *Manager) Warm(ids []int, p Priority) {
 			case <-m.ctx.Done():
 				return
 			}
+			// One inflation at a time per batch, a few over all
+			// Managers: a profile names hundreds of spans, and
+			// inflating them all at once (1 MiB buffers each) was the
+			// daemon's peak memory, for no gain on a few cores.
 			j.ids(func(id int) {
-				if j.err(id) == nil {
-					m.startInflation(id)
+				if j.err(id) != nil {
+					return
 				}
+				select {
+				case warmInflations <- struct{}{}:
+				case <-m.ctx.Done():
+					return
+				}
+				if inf := m.startInflation(id); inf != nil {
+					select {
+					case <-inf.done:
+					case <-m.ctx.Done():
+					}
+				}
+				<-warmInflations
 			})
 		}()
 	}
 }
+
+// warmInflations bounds the inflations Warm runs at once, over all
+// Managers (inflating is CPU work: more than the cores do not finish
+// sooner, and each holds its span's bytes).
+var warmInflations = make(chan struct{}, max(2, runtime.GOMAXPROCS(0)))
 
 // readAhead fetches, in the background at ReadAhead priority, the missing
 // spans among the next ReadAheadBytes (of compressed data) from span id on,

@@ -552,11 +552,17 @@ func (m *Manager) Warm(ids []int, p Priority) {
 			// One inflation at a time per batch, a few over all
 			// Managers: a profile names hundreds of spans, and
 			// inflating them all at once (1 MiB buffers each) was the
-			// daemon's peak memory, for no gain on a few cores.
+			// daemon's peak memory, for no gain on a few cores. The
+			// batch's fetched bytes are not held meanwhile (they are
+			// read back from where they were committed).
+			var ids []int
 			j.ids(func(id int) {
-				if j.err(id) != nil {
-					return
+				if j.err(id) == nil {
+					ids = append(ids, id)
 				}
+			})
+			j = nil
+			for _, id := range ids {
 				select {
 				case warmInflations <- struct{}{}:
 				case <-m.ctx.Done():
@@ -569,7 +575,7 @@ func (m *Manager) Warm(ids []int, p Priority) {
 					}
 				}
 				<-warmInflations
-			})
+			}
 		}()
 	}
 }

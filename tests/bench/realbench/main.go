@@ -63,7 +63,11 @@ func mainErr() error {
 	pprofDir := flag.String("pprof", "", "save CPU (first 10 s of the run) and heap profiles of the lazypull daemons here")
 	extra := flag.String("lazypull-config", "", `configuration over every lazypull daemon's, as JSON tables (experiments), e.g. {"fetch":{"read_ahead":"0"}}`)
 	mirror := flag.String("mirror", "", "Debian mirror (default the host's, as apt has it)")
+	render := flag.String("render", "", "only render results.md and results.svg into -out from this results.json")
 	flag.Parse()
+	if *render != "" {
+		return rerender(*render, *out)
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("run as root (podman with its own storage, FUSE, debootstrap, drop_caches)")
 	}
@@ -135,6 +139,27 @@ func mainErr() error {
 	fmt.Println(md)
 	logf("results in %s", *out)
 	return nil
+}
+
+// rerender writes results.md and results.svg of a results.json.
+func rerender(path, out string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var res results
+	if err := json.Unmarshal(data, &res); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	md := res.markdown()
+	if err := os.WriteFile(filepath.Join(out, "results.md"), []byte(md), 0o644); err != nil {
+		return err
+	}
+	fmt.Println(md)
+	return os.WriteFile(filepath.Join(out, "results.svg"), []byte(res.svg()), 0o644)
 }
 
 func logf(format string, args ...any) {

@@ -146,12 +146,15 @@ func (r *results) markdown() string {
 				rss = fmt.Sprintf("%.0f MB", float64(s.rss)/1e6)
 			}
 			label := caseLabels[c]
-			if s.note != "" && c != caseStockCold && c != caseCached {
+			if s.note != "" && c != caseStockCold && c != caseCached && c != caseCachedAgain {
 				label += " — " + s.note
 			}
 			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s / %s | %s | %d |\n", label, pull, run, total, pb, mb(s.runBytes), rss, s.n)
 		}
 		b.WriteString("\n")
+		if l.Rate == 0 {
+			b.WriteString("Issue 12's goals are stated for the 200 Mbit/s link; here, for reference:\n\n")
+		}
 		for _, g := range r.goals(link) {
 			fmt.Fprintf(&b, "- %s\n", g)
 		}
@@ -206,10 +209,18 @@ func (r *results) goals(link string) []string {
 		}
 		g := fmt.Sprintf("second machine pull + first run %.2f s <= 1.3 x (stock warm run %.2f s + %s / link + 10 RTT = %.2f s): %.2fx %s",
 			second.total, stock.run, mb(need), bound, second.total/bound, verdict(second.total <= 1.3*bound))
-		if okPeer {
-			g += fmt.Sprintf("; vs stargz-store %.2f s: %.2fx %s", peer.total, second.total/peer.total, verdict(second.total < peer.total))
-		}
 		out = append(out, g)
+		if okPeer {
+			// Stricter: the bytes of the files the run reads, as
+			// stargz-store fetches them (file by file).
+			strict := stock.run + 10*l.RTT.Seconds()
+			if l.Rate > 0 {
+				strict += float64(peer.pullBytes+peer.runBytes) / float64(l.Rate)
+			}
+			out = append(out, fmt.Sprintf("the same against the bytes of the files the run reads (stargz-store's %s): bound %.2f s, %.2fx %s",
+				mb(peer.pullBytes+peer.runBytes), strict, second.total/strict, verdict(second.total <= 1.3*strict)))
+			out = append(out, fmt.Sprintf("second machine vs stargz-store %.2f s: %.2fx %s", peer.total, second.total/peer.total, verdict(second.total < peer.total)))
+		}
 	}
 	if okStock && okFirst {
 		x := stock.total / first.total

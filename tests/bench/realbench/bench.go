@@ -490,9 +490,12 @@ func (b *bench) prefetch() error {
 		return err
 	}
 	c := row{Case: caseCached, Note: "every span on disk, page cache dropped"}
+	name := fmt.Sprintf("%s-%s-%d", caseCached, b.link.Name, b.round)
+	wait := b.prof.cpu(b.metrics["prefetch"], name, 5*time.Second)
 	if c.Run, c.RunBytes, err = b.firstRun(pm, b.gzipRef); err != nil {
 		return err
 	}
+	wait()
 	c.PeakRSS, _ = d.PeakRSS()
 	b.add(c)
 	// FUSE passthrough hands a file to the kernel from its second open
@@ -502,9 +505,12 @@ func (b *bench) prefetch() error {
 		return err
 	}
 	a := row{Case: caseCachedAgain, Note: "again, page cache dropped (passthrough)"}
+	name = fmt.Sprintf("%s-%s-%d", caseCachedAgain, b.link.Name, b.round)
+	wait = b.prof.cpu(b.metrics["prefetch"], name, 5*time.Second)
 	if a.Run, a.RunBytes, err = b.firstRun(pm, b.gzipRef); err != nil {
 		return err
 	}
+	wait()
 	a.PeakRSS, _ = d.PeakRSS()
 	b.add(a)
 	return nil

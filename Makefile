@@ -8,7 +8,7 @@ LDFLAGS := -X main.version=$(VERSION)
 BIN     := bin/lazypull
 GO      := go
 
-.PHONY: all build fork run test test-unit test-e2e test-compat fuzz bench bench-compat bench-e2e bench-fork vet clean deps-run deps-test deps-fork
+.PHONY: all build fork run test test-unit test-e2e test-compat fuzz bench bench-compat bench-e2e bench-fork bench-real vet clean deps-run deps-test deps-fork
 
 all: build
 
@@ -67,6 +67,12 @@ bench-e2e:
 bench-fork: build fork
 	LAZYPULL_BIN=$(CURDIR)/$(BIN) LAZYPULL_FORK_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 30m -tags "$(TAGS)" \
 		-run '^$$' -bench BenchmarkForkVsStock -benchtime 1x ./tests/e2e/
+
+# The real-distribution image (Debian + python/numpy/pandas/scipy + gcc):
+# stock podman, lazypull (first/second machine, cached, prefetch) and
+# stargz-store, pull + first run; table and chart in tests/bench/results/.
+bench-real:
+	tests/bench/real.sh $(BENCHFLAGS)
 
 clean:
 	rm -rf bin

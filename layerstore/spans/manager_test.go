@@ -423,6 +423,23 @@ func TestSequentialReadAhead(t *testing.T) {
 	}
 }
 
+// TestNoReadAheadOnceProfiled: once a start-up profile warmed spans, a
+// sequential reader fetches only what it reads.
+func TestNoReadAheadOnceProfiled(t *testing.T) {
+	f := newFixture(t, 8, 4096, 0, func(o *Options) { o.ReadAheadBytes = 3 * 4096 })
+	f.m.Warm([]int{0}, Demand)
+	waitFor(t, "the warmed span", func() bool { return f.m.Present(0) })
+	buf := make([]byte, 4096)
+	f.m.ReadAt(context.Background(), buf, 0)
+	f.m.ReadAt(context.Background(), buf, 4096)
+	time.Sleep(50 * time.Millisecond)
+	for id := 2; id < 8; id++ {
+		if f.m.Present(id) {
+			t.Errorf("span %d fetched by a read-ahead after the profile's warm-up", id)
+		}
+	}
+}
+
 func TestFetchErrorIsNotCached(t *testing.T) {
 	f := newFixture(t, 2, 4096, 0, func(o *Options) { o.ReadAheadBytes = -1 })
 	boom := errors.New("registry down")

@@ -71,6 +71,9 @@ type DaemonOptions struct {
 	// Root and MountPoint replace Dir/root and Dir/store (e.g. the
 	// shipped unit's layout, the mount point inside root_dir).
 	Root, MountPoint string
+	// LogLevel is the daemon's log_level; default "debug" (benchmarks use
+	// "info": debug logs every read).
+	LogLevel string
 }
 
 // Daemon is a running `lazypull serve`.
@@ -142,7 +145,11 @@ func NewDaemon(bin string, opts DaemonOptions) (*Daemon, error) {
 	for k, v := range opts.Config {
 		cfg[k] = v
 	}
-	cfg["root_dir"], cfg["mount_point"], cfg["socket"], cfg["log_level"] = d.Root, d.MountPoint, d.Socket, "debug"
+	level := opts.LogLevel
+	if level == "" {
+		level = "debug"
+	}
+	cfg["root_dir"], cfg["mount_point"], cfg["socket"], cfg["log_level"] = d.Root, d.MountPoint, d.Socket, level
 	var buf bytes.Buffer
 	if err := toml.NewEncoder(&buf).Encode(cfg); err != nil {
 		return nil, fmt.Errorf("daemon config: %w", err)

@@ -59,10 +59,17 @@ func TestStockPodman5LazypullPull(t *testing.T) {
 		"index": map[string]any{"min_layer_size": "1MiB"}}, "index", "--push", directRef)
 	t.Logf("lazypull index: %s", out)
 
+	// The index is in the test's own registry, which the store is told to
+	// trust (trust_indexes_for), as an operator names their own: without
+	// it a build's reads deep in a layer wait for the checkpoint proof,
+	// which streams the layer (tested in layerstore's adversarial tests),
+	// and the byte counts below would measure that instead.
+	trusted := []string{proxy.Host + "/"}
 	daemonCfg := map[string]any{
-		"registry": map[string]any{"insecure": []string{proxy.Host}},
-		"index":    map[string]any{"min_layer_size": "1MiB", "on_demand": "off"},
-		"prefetch": map[string]any{"enabled": false}, "verification": map[string]any{"enabled": false},
+		"registry":     map[string]any{"insecure": []string{proxy.Host}},
+		"index":        map[string]any{"min_layer_size": "1MiB", "on_demand": "off"},
+		"prefetch":     map[string]any{"enabled": false},
+		"verification": map[string]any{"enabled": false, "trust_indexes_for": trusted},
 	}
 	d := testenv.StartDaemon(t, testenv.DaemonOptions{Dir: ch.SharedDir(t, "lazypull"), Config: daemonCfg})
 	p := podman5(t, ch, []string{proxy.Host}, d.ALSOption())
@@ -475,7 +482,11 @@ func restartDaemon(t *testing.T, d *testenv.Daemon, cfg map[string]any, prefetch
 	for k, v := range cfg {
 		c[k] = v
 	}
-	c["prefetch"], c["verification"] = prefetch, map[string]any{"enabled": verify}
+	verification := map[string]any{"enabled": verify}
+	if v, ok := cfg["verification"].(map[string]any); ok && v["trust_indexes_for"] != nil {
+		verification["trust_indexes_for"] = v["trust_indexes_for"]
+	}
+	c["prefetch"], c["verification"] = prefetch, verification
 	c["root_dir"], c["mount_point"], c["socket"], c["log_level"] = d.Root, d.MountPoint, d.Socket, "debug"
 	var buf bytes.Buffer
 	if err := toml.NewEncoder(&buf).Encode(c); err != nil {

@@ -1,11 +1,9 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"os/user"
@@ -15,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lazypull/lazypull/tests/testenv"
 )
 
 // forkUser is an unprivileged user the test creates (and removes) with
@@ -40,7 +40,7 @@ func newForkUser(t *testing.T, podman string) *forkUser {
 		}
 	}
 	name := fmt.Sprintf("lzf%d", os.Getpid()%100000)
-	start, err := freeSubIDs()
+	start, err := testenv.FreeSubIDs(500000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,55 +81,13 @@ func newForkUser(t *testing.T, podman string) *forkUser {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	u.bin = dir
-	if err := copyExecutable(podman, filepath.Join(dir, "podman")); err != nil {
+	if err := testenv.CopyFile(podman, filepath.Join(dir, "podman"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	return u
-}
-
-// freeSubIDs returns the start of 65536 subordinate IDs that no entry of
-// /etc/subuid or /etc/subgid uses.
-func freeSubIDs() (int, error) {
-	next := 500000
-	for _, f := range []string{"/etc/subuid", "/etc/subgid"} {
-		b, err := os.ReadFile(f)
-		if err != nil && !os.IsNotExist(err) {
-			return 0, err
-		}
-		s := bufio.NewScanner(bytes.NewReader(b))
-		for s.Scan() {
-			parts := strings.Split(s.Text(), ":")
-			if len(parts) != 3 {
-				continue
-			}
-			a, err1 := strconv.Atoi(parts[1])
-			n, err2 := strconv.Atoi(parts[2])
-			if err1 == nil && err2 == nil && a+n > next {
-				next = a + n
-			}
-		}
-	}
-	return next, nil
-}
-
-func copyExecutable(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 // run runs a command as the user, in its home, with a login session's

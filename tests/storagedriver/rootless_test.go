@@ -1,11 +1,9 @@
 package storagedrivertest
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"os/user"
@@ -44,7 +42,7 @@ func newRootlessUser(t *testing.T) *rootlessUser {
 		}
 	}
 	name := fmt.Sprintf("lzp%d", os.Getpid()%100000)
-	start, err := freeSubIDRange()
+	start, err := testenv.FreeSubIDs(400000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,55 +82,13 @@ func newRootlessUser(t *testing.T) *rootlessUser {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	u.bin = filepath.Join(dir, "lazypull")
-	if err := copyFile(testenv.LazypullBinary(t), u.bin, 0o755); err != nil {
+	if err := testenv.CopyFile(testenv.LazypullBinary(t), u.bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	return u
-}
-
-// freeSubIDRange returns the start of 65536 subordinate IDs no entry of
-// /etc/subuid or /etc/subgid uses.
-func freeSubIDRange() (int, error) {
-	next := 400000
-	for _, f := range []string{"/etc/subuid", "/etc/subgid"} {
-		b, err := os.ReadFile(f)
-		if err != nil && !os.IsNotExist(err) {
-			return 0, err
-		}
-		s := bufio.NewScanner(bytes.NewReader(b))
-		for s.Scan() {
-			parts := strings.Split(s.Text(), ":")
-			if len(parts) != 3 {
-				continue
-			}
-			a, err1 := strconv.Atoi(parts[1])
-			n, err2 := strconv.Atoi(parts[2])
-			if err1 == nil && err2 == nil && a+n > next {
-				next = a + n
-			}
-		}
-	}
-	return next, nil
-}
-
-func copyFile(src, dst string, mode os.FileMode) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 func mustRun(t *testing.T, name string, args ...string) {

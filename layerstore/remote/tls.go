@@ -59,6 +59,7 @@ func certsName(host string) string {
 type transportKey struct {
 	endpoint, target string
 	skipVerify       bool
+	http1            bool // HTTP/1.1 only: see retryHTTP1
 }
 
 // transport returns the (cached) transport for key.
@@ -95,6 +96,10 @@ func (c *Client) transport(key transportKey) (*http.Transport, error) {
 	cfg.InsecureSkipVerify = key.skipVerify //nolint:gosec // only for registries the user marked insecure
 	t = newTransport(c.opts)
 	t.TLSClientConfig = cfg
+	if key.http1 {
+		t.ForceAttemptHTTP2 = false
+		t.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{} // non-nil: no HTTP/2
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if prev, ok := c.transports[key]; ok {
@@ -148,10 +153,49 @@ func (e *endpointTransport) RoundTrip(req *http.Request) (*http.Response, error)
 		return nil, err
 	}
 	resp, err := t.RoundTrip(req)
+	if err != nil && retryHTTP1(err) && !key.http1 {
+		if retry, ok := replayable(req); ok {
+			key.http1 = true
+			if t, err = e.c.transport(key); err != nil {
+				return nil, err
+			}
+			resp, err = t.RoundTrip(retry)
+		}
+	}
 	if err != nil {
 		return nil, e.c.tlsHint(req.URL.Host, err)
 	}
 	return resp, nil
+}
+
+// retryHTTP1 reports whether err is net/http's "the first request on a new
+// HTTP/2 connection found it closed": the connection died before it could be
+// used, and why (typically the registry's TLS alert that it wants a client
+// certificate, which TLS 1.3 delivers after the client's handshake has
+// succeeded) is lost. Which of this and the alert itself a request sees is a
+// race. Replayed once over HTTP/1.1, where the request's read returns the
+// connection's real error, the request either works or fails with the cause
+// (and tlsHint's advice).
+func retryHTTP1(err error) bool {
+	return strings.Contains(err.Error(), "http2: client conn could not be established")
+}
+
+// replayable returns a copy of req that can be sent again: one without a
+// body, or whose body GetBody recreates.
+func replayable(req *http.Request) (*http.Request, bool) {
+	if req.Body == nil || req.Body == http.NoBody {
+		return req, true
+	}
+	if req.GetBody == nil {
+		return nil, false
+	}
+	body, err := req.GetBody()
+	if err != nil {
+		return nil, false
+	}
+	retry := req.Clone(req.Context())
+	retry.Body = body
+	return retry, true
 }
 
 // tlsHint adds to a TLS failure where podman's TLS settings for host live;

@@ -22,11 +22,19 @@ import (
 // tlsBlobServer serves content like newBlobServer over TLS with cfg.
 func tlsBlobServer(t *testing.T, content []byte, cfg *tls.Config) *blobServer {
 	t.Helper()
+	return tlsBlobServerProto(t, content, cfg, false)
+}
+
+// tlsBlobServerProto is tlsBlobServer, offering HTTP/2 when h2 is set (as
+// registries do).
+func tlsBlobServerProto(t *testing.T, content []byte, cfg *tls.Config, h2 bool) *blobServer {
+	t.Helper()
 	bs := newBlobServer(t, content, false) // for its handler
 	bs.Close()
 	srv := httptest.NewUnstartedServer(bs.Config.Handler)
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are what some tests want
 	srv.TLS = cfg
+	srv.EnableHTTP2 = h2
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	bs.Server = srv
@@ -88,6 +96,56 @@ func TestCertsDir(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestClientCertificateWantedOverHTTP2: over HTTP/2 a registry's "I want a
+// client certificate" alert races net/http's own "client conn could not be
+// established", which hides it; every read must still say that a client
+// certificate is wanted. Repeated because it is a race (before the HTTP/1.1
+// replay, about 1 in 20 reads here lost the reason).
+func TestClientCertificateWantedOverHTTP2(t *testing.T) {
+	ca := testenv.NewTestCA(t, "client-cert-h2-test")
+	content := testContent(5000)
+	cfg, err := ca.ServerConfig(true, "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := tlsBlobServerProto(t, content, cfg, true)
+	withCA := t.TempDir()
+	if _, err := ca.WriteCertsD(withCA, srv.host(), testenv.CertsDirOptions{CA: true}); err != nil {
+		t.Fatal(err)
+	}
+	const reads = 100
+	lost := 0
+	for i := 0; i < reads; i++ {
+		c, err := NewClient(Options{CertsDir: withCA})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = newBlob(t, c, srv.host()+"/ns/app", content).ReadRanges(context.Background(), []Range{{100, 200}})
+		c.Close()
+		if err == nil || !strings.Contains(err.Error(), "client certificate") {
+			lost++
+			t.Logf("read %d without a client certificate: %v", i, err)
+		}
+	}
+	if lost > 0 {
+		t.Errorf("%d of %d reads without a client certificate did not say one is wanted", lost, reads)
+	}
+	both := t.TempDir()
+	if _, err := ca.WriteCertsD(both, srv.host(), testenv.CertsDirOptions{CA: true, Client: true}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewClient(Options{CertsDir: both})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got, err := newBlob(t, c, srv.host()+"/ns/app", content).ReadRanges(context.Background(), []Range{{100, 200}})
+	if err != nil {
+		t.Fatalf("read over HTTP/2 with a client certificate: %v", err)
+	}
+	checkRanges(t, content, []Range{{100, 200}}, got)
 }
 
 // TestRedirectKeepsOtherHostsVerified: an insecure registry's redirect to

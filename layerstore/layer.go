@@ -412,4 +412,8 @@ type layerParts struct {
 	idx        layerIndex
 	// indexID is layer.indexID.
 	indexID digest.Digest
+	// prove: the index comes from elsewhere and nobody vouches for it, so
+	// its inflate checkpoints are proven before a span is served from one
+	// (verification.prove_checkpoints; see proof.go).
+	prove bool
 }

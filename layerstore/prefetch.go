@@ -52,6 +52,12 @@ type layerFill struct {
 	finished time.Time
 }
 
+// ended reports whether lf's work is over (done, stopped or failed): a
+// batch still in flight then changes nothing but the byte count.
+func (f *layerFill) ended() bool {
+	return f.state == fillDone || f.state == fillStopped || f.state == fillFailed
+}
+
 func (f *layerFill) String() string {
 	switch f.state {
 	case fillWaiting:
@@ -368,12 +374,19 @@ func (f *filler) runBatch(t task) {
 	if f.fills[l] != lf {
 		return // removed meanwhile
 	}
+	if err == nil {
+		lf.bytes += t.size
+		f.cfg.metrics.prefetched.Add(float64(t.size))
+	}
+	if lf.ended() {
+		// Another batch of the layer, in flight at the same time, ended
+		// its fill (the cache cannot hold the layer): it stays ended.
+		return
+	}
 	switch {
 	case err == nil:
 		lf.state = fillRunning
 		lf.failures = 0
-		lf.bytes += t.size
-		f.cfg.metrics.prefetched.Add(float64(t.size))
 		if !l.spans.Present(t.a) {
 			f.endLocked(lf, fillStopped, "span cache full")
 			return
@@ -410,7 +423,7 @@ func (f *filler) runVerify(lf *layerFill) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	defer f.changedLocked()
-	if f.fills[l] != lf {
+	if f.fills[l] != lf || lf.ended() {
 		return
 	}
 	switch {

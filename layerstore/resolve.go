@@ -472,12 +472,6 @@ func (s *Store) loadLayer(ctx context.Context, ref reference.Named, img *remote.
 	s.mu.Lock()
 	l.scope = scopeOf(ref)
 	s.mu.Unlock()
-	if s.trustsIndexesFor(l.scope) {
-		// The operator vouches for this repository's indexes: served at
-		// random before verification (which still runs, and still marks
-		// a forged index bad).
-		l.proof.needed = false
-	}
 	if err := l.checkHardLinks(ctx); err != nil {
 		l.close()
 		return nil, fmt.Errorf("%w: %w", ErrNotServed, err)
@@ -530,7 +524,12 @@ func (s *Store) openLayer(ctx context.Context, ref reference.Named, desc remote.
 		header = bufs[0]
 	}
 	idx := &ztocIndex{x: x, file: f, windows: ws, header: header}
-	return s.newLayer(layerParts{desc: desc, ztocDigest: zd, source: found.source, idx: idx, indexID: zd}, log.WithField("ztoc", zd)), nil
+	// An index built or verified here needs no proof; nor does one from a
+	// repository whose indexes the operator vouches for: served at random
+	// before verification (which still runs, and still marks a forged
+	// index bad).
+	prove := s.cfg.Verify.ProveCheckpoints && !found.trusted && !s.trustsIndexesFor(scopeOf(ref))
+	return s.newLayer(layerParts{desc: desc, ztocDigest: zd, source: found.source, idx: idx, indexID: zd, prove: prove}, log.WithField("ztoc", zd)), nil
 }
 
 // windowsFor sets up where the windows of native zTOC x come from: the

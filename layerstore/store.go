@@ -681,9 +681,8 @@ func (s *Store) newLayer(p layerParts, log *logrus.Entry) *layer {
 	l.onBad = func(reason string) { s.markBad(l, reason) }
 	l.verifyNow = func(ctx context.Context) error { return s.verifyShared(ctx, l, spans.Demand) }
 	l.startProof = func(id int) *verifyRun { return s.proveUpTo(l, id) }
-	if z, ok := p.idx.(*ztocIndex); ok && z.hasWindows() && s.cfg.Verify.ProveCheckpoints {
-		// Cleared in effect once verified (a trusted index is verified at
-		// once): see proof.go.
+	if z, ok := p.idx.(*ztocIndex); ok && z.hasWindows() && p.prove {
+		// Cleared in effect once verified: see proof.go.
 		l.proof.needed = true
 	}
 	l.spans = spans.New(spans.Options{

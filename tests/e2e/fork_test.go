@@ -743,28 +743,28 @@ func TestForkRootlessPull(t *testing.T) {
 	directRef := push(t, reg, img, "fork/rootless", "v1")
 	ref := proxy.Host + "/fork/rootless:v1"
 	indexPush(t, reg, directRef)
-	u := newForkUser(t, podman)
+	u := testenv.NewRootlessUser(t, testenv.RootlessUserOptions{Prefix: "lzf", SubIDFloor: 500000, Binaries: map[string]string{"podman": podman}})
 
 	cfg := forkDaemonConfig(proxy.Host, reg.Host)
-	cfg["root_dir"] = filepath.Join(u.home, ".local", "share", "lazypull")
-	cfg["mount_point"] = filepath.Join(u.runDir, "lazypull", "store")
+	cfg["root_dir"] = filepath.Join(u.Home, ".local", "share", "lazypull")
+	cfg["mount_point"] = filepath.Join(u.RunDir, "lazypull", "store")
 	var buf bytes.Buffer
 	if err := toml.NewEncoder(&buf).Encode(cfg); err != nil {
 		t.Fatal(err)
 	}
-	u.writeFile(".config/lazypull/config.toml", buf.String())
-	u.writeFile(".config/containers/storage.conf", "[storage]\ndriver = \"lazypull\"\n")
-	u.writeFile(".config/containers/registries.conf", fmt.Sprintf("unqualified-search-registries = []\n\n[[registry]]\nlocation = %q\ninsecure = true\n", proxy.Host))
-	u.writeFile(".config/containers/containers.conf", "[containers]\ndefault_ulimits = []\nnetns = \"none\"\n\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n")
+	u.WriteFile(".config/lazypull/config.toml", buf.String())
+	u.WriteFile(".config/containers/storage.conf", "[storage]\ndriver = \"lazypull\"\n")
+	u.WriteFile(".config/containers/registries.conf", fmt.Sprintf("unqualified-search-registries = []\n\n[[registry]]\nlocation = %q\ninsecure = true\n", proxy.Host))
+	u.WriteFile(".config/containers/containers.conf", "[containers]\ndefault_ulimits = []\nnetns = \"none\"\n\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n")
 	t.Cleanup(func() { // before the user goes
-		if out, err := u.run("podman", "rmi", "--all", "--force"); err != nil {
+		if out, err := u.Run("podman", "rmi", "--all", "--force"); err != nil {
 			t.Errorf("rootless cleanup: %v\n%s", err, out)
 		}
 	})
 	storageOpts := []string{"--storage-opt", "lazypull.start=reexec", "--storage-opt", "lazypull.start_timeout=60s"}
 
 	proxy.Reset()
-	id, err := u.run("podman", append(storageOpts, "pull", "--quiet", ref)...)
+	id, err := u.Run("podman", append(storageOpts, "pull", "--quiet", ref)...)
 	daemonLog := filepath.Join(cfg["root_dir"].(string), "daemon.log")
 	if err != nil {
 		b, _ := os.ReadFile(daemonLog)
@@ -775,7 +775,7 @@ func TestForkRootlessPull(t *testing.T) {
 	if pulled*100 >= img.CompressedSize()*5 {
 		t.Errorf("rootless pull fetched %d bytes, want < 5 %% of %d", pulled, img.CompressedSize())
 	}
-	storage := filepath.Join(u.home, ".local", "share", "containers", "storage")
+	storage := filepath.Join(u.Home, ".local", "share", "containers", "storage")
 	if n := len(lazyDiffs(t, storage, cfg["mount_point"].(string))); n != len(img.Layers) {
 		b, _ := os.ReadFile(daemonLog)
 		t.Errorf("%d layer diffs point into the rootless store, want %d\n%s", n, len(img.Layers), b)
@@ -793,7 +793,7 @@ func TestForkRootlessPull(t *testing.T) {
 			}
 		}
 	}
-	out, err := u.run("podman", append(storageOpts, "run", "--rm", ref, "/bin/sh", "-c",
+	out, err := u.Run("podman", append(storageOpts, "run", "--rm", ref, "/bin/sh", "-c",
 		"sha256sum /"+strings.Join(paths, " /")+" && echo written > /etc/new-file && cat /etc/new-file")...)
 	if err != nil {
 		t.Fatal(err)

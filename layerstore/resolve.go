@@ -262,13 +262,23 @@ func (s *Store) resolveImage(ctx context.Context, ref reference.Named) (*remote.
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", ref, err)
 	}
-	s.mu.Lock()
-	if e, ok := s.images[key]; ok && e.cred == cred && time.Now().Before(e.expires) {
-		s.mu.Unlock()
-		return e.img, nil
+	cached := func() *remote.Image {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if e, ok := s.images[key]; ok && e.cred == cred && time.Now().Before(e.expires) {
+			return e.img
+		}
+		return nil
 	}
-	s.mu.Unlock()
+	if img := cached(); img != nil {
+		return img, nil
+	}
 	v, err, _ := s.imageSF.Do(key+"\x00"+cred, func() (any, error) {
+		// A resolution that ended between the look above and this one
+		// left its result: no second one.
+		if img := cached(); img != nil {
+			return img, nil
+		}
 		// Prove access with the credentials as they are now, not with a
 		// token obtained before a logout or another user's login.
 		if err := s.client.Reauthenticate(ref); err != nil {

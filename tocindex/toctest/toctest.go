@@ -6,6 +6,8 @@ package toctest
 import (
 	"archive/tar"
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
@@ -158,4 +160,35 @@ func Contents(x *tocindex.Index, blob []byte) (map[string][]byte, error) {
 		out[e.Name] = data
 	}
 	return out, nil
+}
+
+// CheckTampered flips a byte in the middle of the span holding byte at of
+// file name and reports what x let through: Verify or Inflate of that span
+// must fail with tocindex.ErrCorrupt, VerifyLayer of the blob with
+// tocindex.ErrVerify. Nil when both refused it.
+func CheckTampered(x *tocindex.Index, blob []byte, want tocindex.Want, name string, at int64) error {
+	var file *ztoc.FileMetadata
+	for _, e := range x.Entries() {
+		if e.Name == name {
+			file = &e
+		}
+	}
+	if file == nil {
+		return fmt.Errorf("no entry %s", name)
+	}
+	id := x.SpanOf(file.UncompressedOffset + at)
+	c0, c1 := x.CompressedRange(id)
+	blob = bytes.Clone(blob)
+	blob[c0+(c1-c0)/2] ^= 0x40
+	err := x.Verify(id, blob[c0:c1])
+	if err == nil {
+		_, err = x.Inflate(id, blob[c0:c1], nil)
+	}
+	if !errors.Is(err, tocindex.ErrCorrupt) {
+		return fmt.Errorf("Verify/Inflate of a tampered span = %v, want ErrCorrupt", err)
+	}
+	if _, err := x.VerifyLayer(context.Background(), bytes.NewReader(blob), want); !errors.Is(err, tocindex.ErrVerify) {
+		return fmt.Errorf("VerifyLayer of a tampered blob = %v, want ErrVerify", err)
+	}
+	return nil
 }

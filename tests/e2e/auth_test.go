@@ -103,6 +103,23 @@ func (r *privateRegistry) Ref(repo, tagOrDigest string) string {
 	return r.Host + "/" + repo + ":" + tagOrDigest
 }
 
+// loggedIn starts, for the private registry, a daemon and a podman that
+// share one auth.json (REGISTRY_AUTH_FILE), without background fetches, and
+// logs podman in as alice; it returns the auth.json's path.
+func (r *privateRegistry) loggedIn(t *testing.T) (*testenv.Daemon, *testenv.Podman, string) {
+	t.Helper()
+	authFile := filepath.Join(t.TempDir(), "auth.json")
+	env := []string{"REGISTRY_AUTH_FILE=" + authFile}
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Env: env, Config: map[string]any{
+		"registry": map[string]any{"insecure": []string{r.Host}},
+		"index":    map[string]any{"min_layer_size": "4MiB"},
+		"prefetch": map[string]any{"enabled": false}, "verification": map[string]any{"enabled": false},
+	}})
+	p := testenv.NewPodman(t, testenv.PodmanOptions{InsecureRegistries: []string{r.Host}, StorageOpts: []string{d.ALSOption()}, Env: env})
+	podmanLogin(t, p, r.Host, "alice", alicePassword)
+	return d, p, authFile
+}
+
 // podmanLogin runs `podman login` (extra flags before the host).
 func podmanLogin(t *testing.T, p *testenv.Podman, host, user, password string, extra ...string) {
 	t.Helper()
@@ -215,15 +232,7 @@ func TestPrivateImageWithPodmanCredentials(t *testing.T) {
 	ref, ref2 := r.Ref(privateRepo, "v1"), r.Ref(privateRepo, "v2")
 	byDigest := r.Ref(privateRepo, img.ManifestDigest.String())
 
-	authFile := filepath.Join(t.TempDir(), "auth.json")
-	env := []string{"REGISTRY_AUTH_FILE=" + authFile}
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{Env: env, Config: map[string]any{
-		"registry": map[string]any{"insecure": []string{r.Host}},
-		"index":    map[string]any{"min_layer_size": "4MiB"},
-		"prefetch": map[string]any{"enabled": false}, "verification": map[string]any{"enabled": false},
-	}})
-	p := testenv.NewPodman(t, testenv.PodmanOptions{InsecureRegistries: []string{r.Host}, StorageOpts: []string{d.ALSOption()}, Env: env})
-	podmanLogin(t, p, r.Host, "alice", alicePassword)
+	d, p, authFile := r.loggedIn(t)
 	indexPrivate(t, r.Host, authFile, ref)
 
 	// Alice's lazy pull.
@@ -288,7 +297,7 @@ func TestPrivateImageWithPodmanCredentials(t *testing.T) {
 	}
 	checkRefRefused(t, d, ref2, indexed)
 	checkRefRefused(t, d, byDigest, indexed)
-	bobs := testenv.NewPodman(t, testenv.PodmanOptions{InsecureRegistries: []string{r.Host}, StorageOpts: []string{d.ALSOption()}, Env: env})
+	bobs := testenv.NewPodman(t, testenv.PodmanOptions{InsecureRegistries: []string{r.Host}, StorageOpts: []string{d.ALSOption()}, Env: []string{"REGISTRY_AUTH_FILE=" + authFile}})
 	otherRef := r.Ref(otherRepo, "v1")
 	if _, err := bobs.Pull(otherRef); err != nil {
 		t.Fatalf("bob's lazy pull of %s: %v\n%s", otherRef, err, d.LogTail(30))

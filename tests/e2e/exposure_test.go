@@ -394,15 +394,7 @@ func TestLogoutRevokesServedLayers(t *testing.T) {
 	push(t, r.Reg, img, privateRepo, "v1")
 	ref := r.Ref(privateRepo, "v1")
 
-	authFile := filepath.Join(t.TempDir(), "auth.json")
-	env := []string{"REGISTRY_AUTH_FILE=" + authFile}
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{Env: env, Config: map[string]any{
-		"registry": map[string]any{"insecure": []string{r.Host}},
-		"index":    map[string]any{"min_layer_size": "4MiB"},
-		"prefetch": map[string]any{"enabled": false}, "verification": map[string]any{"enabled": false},
-	}})
-	p := testenv.NewPodman(t, testenv.PodmanOptions{InsecureRegistries: []string{r.Host}, StorageOpts: []string{d.ALSOption()}, Env: env})
-	podmanLogin(t, p, r.Host, "alice", alicePassword)
+	d, p, authFile := r.loggedIn(t)
 	indexPrivate(t, r.Host, authFile, ref)
 	if _, err := p.Pull(ref); err != nil {
 		t.Fatalf("lazy pull: %v\n%s", err, d.LogTail(30))

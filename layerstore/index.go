@@ -114,7 +114,11 @@ func (z *ztocIndex) Compression() int {
 // every checkpoint (in, out, bits, window) against the real deflate stream
 // and every entry against its own tar header.
 func (z *ztocIndex) VerifyLayer(ctx context.Context, r io.Reader, d, diffID digest.Digest, onCheckpoint func(int)) (string, error) {
-	res, err := z.x.Verify(ctx, r, ztoc.VerifyOptions{Digest: d, DiffID: diffID, OnCheckpoint: onCheckpoint})
+	opts := ztoc.VerifyOptions{Digest: d, DiffID: diffID, OnCheckpoint: onCheckpoint}
+	if z.windows != nil {
+		opts.OnWindow = z.windows.keep
+	}
+	res, err := z.x.Verify(ctx, r, opts)
 	if errors.Is(err, ztoc.ErrVerify) {
 		err = fmt.Errorf("%w: %w", errVerifyMismatch, err)
 	}

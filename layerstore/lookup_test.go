@@ -392,38 +392,53 @@ func TestLookupSharedStore(t *testing.T) {
 	}
 	a.closeStore()
 
-	b := newTestStore(t, reg, shared, Options{})
-	mark := reg.mark()
-	lv := b.mustLookup(t, img.ref, l.digest)
-	if _, ls := b.status(t, l.digest); ls == nil || ls.IndexSource != "shared" {
-		t.Errorf("machine B status %+v, want the zTOC from the shared store", ls)
-	}
-	full := reg.since(mark, func(r reqRecord) bool { return blobGets(l.digest)(r) && r.rng == "" })
-	if len(full) != 0 {
-		t.Errorf("machine B fetched the layer whole %d times, want 0", len(full))
-	}
-	// The index is in lazypull's native layout: machine B fetched its meta
-	// whole, and its windows only with the spans read, range by range.
-	layer := b.anyLayer(l.digest)
-	wd, _, native := layer.idx.(*ztocIndex).x.NativeWindows()
-	if !native {
-		t.Fatal("the shared index is not in the native layout")
-	}
-	isWindows := func(r reqRecord) bool {
-		return r.kind == "blobs" && r.target == wd.String() && r.method == http.MethodGet
-	}
-	if got := reg.since(mark, isWindows); len(got) != 0 {
-		t.Errorf("machine B fetched the windows %d times before reading, want 0", len(got))
-	}
-	checkAllFiles(t, lv, l, 1<<20)
-	wins := reg.since(mark, isWindows)
-	if len(wins) == 0 {
-		t.Error("machine B read the layer without fetching a window")
-	}
-	for _, r := range wins {
-		if r.rng == "" {
-			t.Errorf("machine B fetched the whole windows blob: %+v", r)
+	// Machine B proves the shared index's checkpoints (the default): the
+	// proof hands over every window from the layer's own stream, none is
+	// fetched. A machine whose operator vouches for the repository's
+	// indexes fetches the windows with the spans read, range by range.
+	for _, trusted := range []bool{false, true} {
+		b := newTestStore(t, reg, func(c *config.Config) {
+			shared(c)
+			if trusted {
+				c.Verify.TrustIndexesFor = []string{reg.host + "/app/fleet"}
+			}
+		}, Options{})
+		mark := reg.mark()
+		lv := b.mustLookup(t, img.ref, l.digest)
+		if _, ls := b.status(t, l.digest); ls == nil || ls.IndexSource != "shared" {
+			t.Errorf("trusted=%v: machine B status %+v, want the zTOC from the shared store", trusted, ls)
 		}
+		full := reg.since(mark, func(r reqRecord) bool { return blobGets(l.digest)(r) && r.rng == "" })
+		if len(full) != 0 {
+			t.Errorf("trusted=%v: machine B fetched the layer whole %d times, want 0", trusted, len(full))
+		}
+		// The index is in lazypull's native layout: machine B fetched its
+		// meta whole, its windows at most with the spans read.
+		layer := b.anyLayer(l.digest)
+		wd, _, native := layer.idx.(*ztocIndex).x.NativeWindows()
+		if !native {
+			t.Fatal("the shared index is not in the native layout")
+		}
+		isWindows := func(r reqRecord) bool {
+			return r.kind == "blobs" && r.target == wd.String() && r.method == http.MethodGet
+		}
+		if got := reg.since(mark, isWindows); len(got) != 0 {
+			t.Errorf("trusted=%v: machine B fetched the windows %d times before reading, want 0", trusted, len(got))
+		}
+		checkAllFiles(t, lv, l, 1<<20)
+		wins := reg.since(mark, isWindows)
+		switch {
+		case trusted && len(wins) == 0:
+			t.Error("machine B read the layer through a vouched-for index without fetching a window")
+		case !trusted && len(wins) != 0:
+			t.Errorf("machine B fetched windows %d times while proving the index, which yields them", len(wins))
+		}
+		for _, r := range wins {
+			if r.rng == "" {
+				t.Errorf("trusted=%v: machine B fetched the whole windows blob: %+v", trusted, r)
+			}
+		}
+		b.closeStore()
 	}
 }
 

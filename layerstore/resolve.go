@@ -539,7 +539,11 @@ func (s *Store) openLayer(ctx context.Context, ref reference.Named, desc remote.
 	// before verification (which still runs, and still marks a forged
 	// index bad).
 	prove := s.cfg.Verify.ProveCheckpoints && !found.trusted && !s.trustsIndexesFor(scopeOf(ref))
-	return s.newLayer(layerParts{desc: desc, ztocDigest: zd, source: found.source, idx: idx, indexID: zd, prove: prove}, log.WithField("ztoc", zd)), nil
+	l := s.newLayer(layerParts{desc: desc, ztocDigest: zd, source: found.source, idx: idx, indexID: zd, prove: prove}, log.WithField("ztoc", zd))
+	if ws != nil {
+		ws.proofPending = func() bool { return l.proof.needed && !l.verified.Load() }
+	}
+	return l, nil
 }
 
 // windowsFor sets up where the windows of native zTOC x come from: the

@@ -81,16 +81,15 @@ func (r *layerStream) Read(p []byte) (int, error) {
 			return 0, io.EOF
 		}
 		if !m.Present(r.next) {
-			// Fetch this span and those after it up to a batch.
-			last, size := r.next, spanLen(r.l, r.next)
-			for last+1 < m.NumSpans() && !m.Present(last+1) && size+spanLen(r.l, last+1) <= r.batch {
-				last++
-				size += spanLen(r.l, last)
-			}
+			// Fetch this span and those after it up to a batch (some
+			// may be on their way already), and start the batch after
+			// it, which streams while this one is decoded.
+			last := r.batchEnd(r.next)
 			if err := r.fetch(r.next, last); err != nil {
 				r.err = err
 				return 0, err
 			}
+			r.startAhead(last + 1)
 		}
 		data, err := m.Compressed(r.ctx, r.next, r.next, r.run.priority(r.next))
 		if err != nil {
@@ -108,6 +107,35 @@ func (r *layerStream) Read(p []byte) (int, error) {
 	n := copy(p, r.buf)
 	r.buf = r.buf[n:]
 	return n, nil
+}
+
+// batchEnd is the last span of the batch from span a: the spans after a
+// that are not here, up to the stream's batch of compressed bytes.
+func (r *layerStream) batchEnd(a int) int {
+	m := r.l.spans
+	last, size := a, spanLen(r.l, a)
+	for last+1 < m.NumSpans() && !m.Present(last+1) && size+spanLen(r.l, last+1) <= r.batch {
+		last++
+		size += spanLen(r.l, last)
+	}
+	return last
+}
+
+// startAhead starts the fetch of the next batch from span a on (the first
+// span not here) at the run's priority, without waiting: the layer keeps
+// streaming while the decoder works through the batch just fetched. At
+// most this one batch is started ahead.
+func (r *layerStream) startAhead(a int) {
+	m := r.l.spans
+	for a < m.NumSpans() && m.Present(a) {
+		a++
+	}
+	if a >= m.NumSpans() {
+		return
+	}
+	// A failure here (the layer went bad, the store closes) is the
+	// stream's to meet when it gets there.
+	_ = m.Start(a, r.batchEnd(a), r.run.priority(a))
 }
 
 // fetch makes spans a..b present at the run's priority; a background fetch

@@ -17,6 +17,7 @@ import (
 	"github.com/lazypull/lazypull/layerstore/alsfs"
 	"github.com/lazypull/lazypull/layerstore/config"
 	"github.com/lazypull/lazypull/layerstore/control"
+	"github.com/lazypull/lazypull/layerstore/spans"
 	"github.com/lazypull/lazypull/ztoc"
 )
 
@@ -386,4 +387,56 @@ func TestVerifiedRegistryIndexAfterRestart(t *testing.T) {
 		t.Fatalf("lookup after a restart of the store that verified the registry's index: %v", err)
 	}
 	checkAllFiles(t, lv, l, 1<<20)
+}
+
+// TestVerifyStreamsAhead: the whole-layer verification (and so the
+// checkpoint proof) starts fetching its next batch as soon as it has one
+// to decode, so the link stays busy while the decoder works (real image,
+// first machine: run 46.8 s -> 40.1 s at 200 Mbit/s + 20 ms). After the
+// stream's first read, which fetched batch 1, the request for batch 2
+// arrives without another read; one batch at most is started ahead.
+func TestVerifyStreamsAhead(t *testing.T) {
+	reg := newTestRegistry(t)
+	l := stdLayer(t, 21, 2400, 100)
+	s, img, _ := servedFromLocal(t, reg, l, func(c *config.Config) {
+		c.Prefetch.Enabled = false
+		c.Verify.Enabled = false
+	}, Options{})
+	s.mustLookup(t, img.ref, l.digest)
+	lay := s.anyLayer(l.digest)
+	if n := lay.spans.NumSpans(); n < 8 {
+		t.Fatalf("the layer has %d spans, want at least 8 for three batches", n)
+	}
+	mark := reg.mark()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stream := &layerStream{l: lay, ctx: ctx, batch: 3 * spanLen(lay, 1), run: newVerifyRun(spans.Verify), idle: s.sched.WaitIdle}
+	for stream.next == 0 { // the gzip header, then span 0
+		if _, err := stream.Read(make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ranged := func() []reqRecord {
+		return reg.since(mark, func(r reqRecord) bool { return blobGets(l.digest)(r) && r.rng != "" })
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(ranged()) < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // a third request, if any, shows now
+	got := ranged()
+	if len(got) != 2 {
+		t.Fatalf("after the stream's first read: %d range requests of the layer, want 2 (its batch, the next one started ahead): %+v", len(got), got)
+	}
+	// Reading the layer to its end still fetches every span once.
+	if _, err := io.Copy(io.Discard, stream); err != nil {
+		t.Fatal(err)
+	}
+	var fetched int64
+	for _, r := range ranged() {
+		fetched += r.bytes
+	}
+	if start, _ := lay.idx.Layout().CompressedRange(0); fetched != int64(len(l.blob))-start {
+		t.Errorf("the stream fetched %d bytes of the layer's %d after its header", fetched, int64(len(l.blob))-start)
+	}
 }

@@ -37,6 +37,11 @@ type windowSource struct {
 	mu    sync.Mutex // guards x
 	x     *ztoc.LayerIndex
 	fetch sync.Mutex // one remote fetch at a time per layer
+	// proofPending reports whether the layer's checkpoint proof is still
+	// to pass some span (set before the layer is served; nil: never): the
+	// proof hands over each window it proves (keep), so Prepare fetches
+	// none meanwhile.
+	proofPending func() bool
 }
 
 // windowTimeout bounds the fetch of windows for one inflation.
@@ -87,9 +92,23 @@ func (w *windowSource) ReadAt(p []byte, off int64) (int, error) {
 }
 
 // Prepare implements spans.Preparer: the windows of spans about to be
-// fetched are fetched at the same time, so they come with their spans.
+// fetched are fetched at the same time, so they come with their spans;
+// not while the layer's proof runs, which proves them from the stream
+// itself before any of those spans may inflate.
 func (w *windowSource) Prepare(ids []int) {
+	if w.proofPending != nil && w.proofPending() {
+		return
+	}
 	_, _ = w.fetchMissing(ids) // a failure is the inflation's to report
+}
+
+// keep caches window id as the layer's verification proved it from the
+// stream (ztoc.VerifyOptions.OnWindow), so that it is never fetched.
+func (w *windowSource) keep(id int, window []byte) {
+	if w.local != nil || w.cache.Has(w.key(id)) {
+		return
+	}
+	_ = w.cache.Put(w.key(id), window) // a full cache only costs a fetch
 }
 
 // fetchMissing fetches the windows ids that are not cached yet, in one

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"strings"
 	"testing"
 )
 
@@ -79,5 +81,55 @@ func TestNativeLayoutRoundTrip(t *testing.T) {
 	bx, _ := OpenLayerIndex(bytes.NewReader(meta), int64(len(meta)), WithWindows(bytes.NewReader(bad)))
 	if _, err := bx.InflateSpan(1, comp, nil); !errors.Is(err, ErrSpanDigest) {
 		t.Errorf("inflate with a damaged window = %v, want ErrSpanDigest", err)
+	}
+}
+
+// TestNativeVerifyProvesWindows: Verify of a native zTOC needs no windows
+// blob: it checks the stream's own window at each checkpoint against the
+// zTOC's digest of it and hands it over (OnWindow, before OnCheckpoint
+// announces the checkpoint), so a verifying reader never fetches windows;
+// a window digest that does not fit the stream fails the verification at
+// that checkpoint.
+func TestNativeVerifyProvesWindows(t *testing.T) {
+	es := genEntries(11, 30, 2<<20)
+	raw := tarBytes(t, es)
+	blob := gzipMembers(t, raw, 6, 0)
+	res, err := Build(context.Background(), bytes.NewReader(blob), BuildOptions{SpanSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta, windows, err := MarshalNative(res.Ztoc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := OpenLayerIndex(bytes.NewReader(meta), int64(len(meta))) // no windows
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(windows))
+	delivered, announced := 0, 0
+	opts := VerifyOptions{Digest: sha(blob), DiffID: sha(raw),
+		OnWindow: func(id int, w []byte) {
+			if id != delivered || announced != id {
+				t.Errorf("OnWindow(%d) after %d windows and %d checkpoints", id, delivered, announced)
+			}
+			copy(got[id*WindowSize:], w)
+			delivered++
+		},
+		OnCheckpoint: func(n int) { announced = n },
+	}
+	if _, err := x.Verify(context.Background(), bytes.NewReader(blob), opts); err != nil {
+		t.Fatalf("Verify of a native zTOC without its windows: %v", err)
+	}
+	if spans := len(windows) / WindowSize; delivered != spans || announced != spans || !bytes.Equal(got, windows) {
+		t.Errorf("%d windows handed over, %d checkpoints announced, equal to the windows blob: %v; want %d", delivered, announced, bytes.Equal(got, windows), spans)
+	}
+
+	const victim = 2
+	x.cps.windowDigests[victim][0] ^= 1
+	announced = 0
+	_, err = x.Verify(context.Background(), bytes.NewReader(blob), VerifyOptions{Digest: sha(blob), OnCheckpoint: func(n int) { announced = n }})
+	if want := fmt.Sprintf("checkpoint %d ", victim); !errors.Is(err, ErrVerify) || !strings.Contains(err.Error(), want) || announced != victim {
+		t.Errorf("Verify with a wrong window digest = %v after %d checkpoints; want ErrVerify naming %q after %d", err, announced, want, victim)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -33,6 +34,14 @@ type VerifyOptions struct {
 	// bytes being the blob's), whatever the rest of the stream turns out
 	// to be. It runs on the decoding goroutine and must be quick.
 	OnCheckpoint func(n int)
+	// OnWindow, when set, is called for a native zTOC (windows in a blob of
+	// their own) with checkpoint id's window as the stream has it
+	// (WindowSize bytes, zero-padded in front as Build writes it, valid
+	// only during the call) once it matched the window's digest in the
+	// zTOC, before OnCheckpoint announces the checkpoint: the caller can
+	// keep it instead of fetching it from the windows blob. Verify itself
+	// never reads a native zTOC's windows blob.
+	OnWindow func(id int, window []byte)
 }
 
 // VerifyResult describes the layer Verify read.
@@ -320,6 +329,22 @@ func (v *verifier) boundary(bd flate.Boundary, window []byte, spans *spanHasher)
 	case cp.Out != bd.Out:
 		return verifyFailed("checkpoint %d (in %d, bits %d) says out %d, the stream is at %d there", v.next, cp.In, cp.Bits, cp.Out, bd.Out)
 	}
+	if v.x.cps.Version == nativeTableVersion {
+		// The zTOC has the digest of each window: the stream's own
+		// window, padded as Build pads it, must have it. Nothing is
+		// fetched, and the caller may keep the proven window.
+		buf := v.window[:WindowSize]
+		clear(buf[:WindowSize-len(window)])
+		copy(buf[WindowSize-len(window):], window)
+		if sha256.Sum256(buf) != v.x.cps.windowDigests[v.next] {
+			return verifyFailed("checkpoint %d (in %d, out %d): the digest of its window is not that of the stream's last %d bytes before it",
+				v.next, cp.In, cp.Out, len(window))
+		}
+		if v.opts.OnWindow != nil {
+			v.opts.OnWindow(v.next, buf)
+		}
+		return v.proven(bd, spans)
+	}
 	stored, err := v.x.cps.Window(v.next, v.window)
 	if err != nil {
 		return fmt.Errorf("ztoc: verify: %w", err)
@@ -334,6 +359,12 @@ func (v *verifier) boundary(bd flate.Boundary, window []byte, spans *spanHasher)
 		return verifyFailed("checkpoint %d (in %d, out %d): its window differs from the stream's last %d bytes before it, first at uncompressed offset %d",
 			v.next, cp.In, cp.Out, len(window), cp.Out-int64(len(window))+int64(at))
 	}
+	return v.proven(bd, spans)
+}
+
+// proven moves past the zTOC's next checkpoint, found to match the stream
+// at bd.
+func (v *verifier) proven(bd flate.Boundary, spans *spanHasher) error {
 	if err := spans.cut(bd.In, bd.Bits); err != nil {
 		return err
 	}

@@ -384,6 +384,20 @@ func (m *Manager) Fetch(ctx context.Context, first, last int, p Priority) error 
 	return m.ensure(ctx, first, last, p)
 }
 
+// Start starts fetching the missing spans of first..last at priority p
+// (raising those already being fetched) and returns without waiting: a
+// later Fetch or read of them waits for these fetches. Close stops them.
+func (m *Manager) Start(first, last int, p Priority) error {
+	if err := m.badErr(); err != nil {
+		return err
+	}
+	if first < 0 || last >= m.n || first > last {
+		return fmt.Errorf("spans %d-%d out of range (%d spans)", first, last, m.n)
+	}
+	_, err := m.claim(first, last, p)
+	return err
+}
+
 // ensure claims the missing spans of first..last (one job per run of
 // adjacent missing spans), raises the jobs already fetching others to p,
 // and waits for all of them. A job preempted while this caller waited is

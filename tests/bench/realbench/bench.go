@@ -328,6 +328,7 @@ func (b *bench) lazy(name string, cfg map[string]any) (*testenv.Daemon, *testenv
 			return nil, nil, err
 		}
 		full["metrics_address"] = addr
+		full["pprof"] = true // off by default since the profiler is a diagnosis tool
 		b.metrics[name] = addr
 	}
 	d, err := testenv.NewDaemon(b.bin, testenv.DaemonOptions{Dir: filepath.Join(b.dir, name), Config: full, LogLevel: "info"})

@@ -42,12 +42,14 @@ func (p profiler) cpu(addr, name string, d time.Duration) (wait func()) {
 }
 
 // heap saves the daemon's heap profile (in-use and allocated) as
-// <name>.heap.pprof.
+// <name>.heap.pprof, and its metrics (fetches, preemptions, cache) as
+// <name>.metrics.txt.
 func (p profiler) heap(addr, name string) {
 	if p.dir == "" || addr == "" {
 		return
 	}
 	p.save("http://"+addr+"/debug/pprof/heap", name+".heap.pprof")
+	p.save("http://"+addr+"/metrics", name+".metrics.txt")
 }
 
 func (p profiler) save(url, name string) {
@@ -57,6 +59,10 @@ func (p profiler) save(url, name string) {
 		return
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		logf("profile %s: %s answered %s", name, url, resp.Status)
+		return
+	}
 	if err := os.MkdirAll(p.dir, 0o755); err != nil {
 		logf("profile %s: %v", name, err)
 		return

@@ -9,7 +9,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -27,6 +27,7 @@ import (
 	"github.com/lazypull/lazypull/layerstore/artifact"
 	"github.com/lazypull/lazypull/layerstore/config"
 	"github.com/lazypull/lazypull/layerstore/control"
+	"github.com/lazypull/lazypull/tests/gzipbomb"
 	"github.com/lazypull/lazypull/tests/testenv"
 	"github.com/lazypull/lazypull/ztoc"
 )
@@ -504,75 +505,6 @@ func TestUntrustedWindowNeverServedAlone(t *testing.T) {
 	t.Fatalf("no file has data in span %d", forged)
 }
 
-// bitWriter writes a DEFLATE bit stream (least significant bit first).
-type bitWriter struct {
-	buf   []byte
-	acc   uint64
-	nbits uint
-}
-
-func (w *bitWriter) bits(v uint64, n uint) {
-	w.acc |= v << w.nbits
-	w.nbits += n
-	for w.nbits >= 8 {
-		w.buf = append(w.buf, byte(w.acc))
-		w.acc >>= 8
-		w.nbits -= 8
-	}
-}
-
-// code writes a Huffman code of n bits, most significant bit first.
-func (w *bitWriter) code(c uint64, n uint) {
-	for i := int(n) - 1; i >= 0; i-- {
-		w.bits(c>>uint(i)&1, 1)
-	}
-}
-
-// oneBlockBomb writes to out a gzip member of ONE dynamic deflate block
-// inflating to 1 + 258*matches zero bytes (matches = 2 mod 4), and returns
-// that length. Codes: length 258 and distance 1 one bit each, literal 0 and
-// end-of-block two bits each, so the body is zero bytes: 5 GB of output in
-// about 5 MB (the same construction as ztoc's hostile tests).
-func oneBlockBomb(out *bytes.Buffer, matches int64) int64 {
-	w := &bitWriter{}
-	w.bits(1, 1)  // BFINAL
-	w.bits(2, 2)  // dynamic Huffman
-	w.bits(29, 5) // HLIT: 286 codes
-	w.bits(0, 5)  // HDIST: 1 code
-	w.bits(15, 4) // HCLEN: 19 code length codes
-	order := []int{16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15}
-	lens := map[int]uint64{18: 1, 1: 2, 2: 2}
-	for _, sym := range order {
-		w.bits(lens[sym], 3)
-	}
-	cl := map[int][2]uint64{18: {0, 1}, 1: {2, 2}, 2: {3, 2}}
-	put := func(sym int) { w.code(cl[sym][0], uint(cl[sym][1])) }
-	zeros := func(n int) { put(18); w.bits(uint64(n-11), 7) }
-	put(2)          // literal 0
-	zeros(138)      // 1..138
-	zeros(117)      // 139..255
-	put(2)          // 256, end of block
-	zeros(28)       // 257..284
-	put(1)          // 285: length 258
-	put(1)          // distance code 0
-	w.code(0b10, 2) // literal 0
-	w.bits(0, 4)    // two matches
-	out.Write([]byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff})
-	out.Write(w.buf)
-	out.Write(make([]byte, (matches-2)/4))
-	n := 1 + 258*matches
-	tail := []byte{0b11} // end of block, padded
-	crc := crc32.NewIEEE()
-	zero := make([]byte, 1<<20)
-	for left := n; left > 0; left -= int64(len(zero)) {
-		crc.Write(zero[:min(left, int64(len(zero)))])
-	}
-	tail = binary.LittleEndian.AppendUint32(tail, crc.Sum32())
-	tail = binary.LittleEndian.AppendUint32(tail, uint32(n))
-	out.Write(tail)
-	return n
-}
-
 // gzipOf compresses data into one gzip member.
 func gzipOf(t testing.TB, data []byte) []byte {
 	t.Helper()
@@ -617,7 +549,10 @@ func TestAdversarialLayersOnDemand(t *testing.T) {
 	}
 	tw.Flush() // the bomb's zeros are the data, padding and end marker
 	bomb.Write(gzipOf(t, hdr.Bytes()))
-	oneBlockBomb(&bomb, int64(matches))
+	deflated, _ := gzipbomb.OneBlock(matches)
+	if _, err := io.Copy(&bomb, deflated); err != nil {
+		t.Fatal(err)
+	}
 
 	var entries bytes.Buffer
 	var hdrs bytes.Buffer

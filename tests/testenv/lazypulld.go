@@ -278,8 +278,12 @@ func (d *Daemon) Run(args ...string) (string, error) {
 }
 
 // PeakRSS returns the daemon's peak resident set size in bytes (VmHWM).
-func (d *Daemon) PeakRSS() (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.Pid()))
+func (d *Daemon) PeakRSS() (int64, error) { return PeakRSS(d.Pid()) }
+
+// PeakRSS returns the peak resident set size of process pid in bytes
+// (VmHWM).
+func PeakRSS(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
 	}
@@ -292,7 +296,7 @@ func (d *Daemon) PeakRSS() (int64, error) {
 			return kb << 10, nil
 		}
 	}
-	return 0, errors.New("VmHWM not found")
+	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
 }
 
 // LogTail returns the last n lines of the daemon's log.

@@ -277,14 +277,8 @@ func (b *bench) stock() error {
 		return err
 	}
 	defer pm.Close()
-	if err := dropCaches(); err != nil {
-		return err
-	}
-	r := row{Case: caseStock}
-	if r.Pull, r.PullBytes, err = b.pull(pm, b.gzipRef); err != nil {
-		return err
-	}
-	if r.Run, r.RunBytes, err = b.firstRun(pm, b.gzipRef); err != nil {
+	r, err := b.pullAndRun(caseStock, pm, b.gzipRef, "")
+	if err != nil {
 		return err
 	}
 	b.add(r)
@@ -352,24 +346,35 @@ func (b *bench) stop(d *testenv.Daemon, pm *testenv.Podman) {
 	}
 }
 
-// lazyRow pulls and runs through a lazypull daemon.
-func (b *bench) lazyRow(c string, d *testenv.Daemon, pm *testenv.Podman) (row, error) {
+// pullAndRun measures case c: with the page cache dropped, a pull of ref
+// and its first run. profAddr, when set, is the lazypull daemon's metrics
+// address: its CPU profile of the run's first 10 s, its heap and metrics
+// after the run are saved (-pprof).
+func (b *bench) pullAndRun(c string, pm *testenv.Podman, ref, profAddr string) (row, error) {
 	if err := dropCaches(); err != nil {
 		return row{}, err
 	}
 	r := row{Case: c}
 	var err error
-	if r.Pull, r.PullBytes, err = b.pull(pm, b.gzipRef); err != nil {
+	if r.Pull, r.PullBytes, err = b.pull(pm, ref); err != nil {
 		return r, err
 	}
 	name := fmt.Sprintf("%s-%s-%d", c, b.link.Name, b.round)
-	addr := b.metrics[strings.TrimPrefix(c, "lazy-")]
-	wait := b.prof.cpu(addr, name, 10*time.Second)
-	if r.Run, r.RunBytes, err = b.firstRun(pm, b.gzipRef); err != nil {
+	wait := b.prof.cpu(profAddr, name, 10*time.Second)
+	if r.Run, r.RunBytes, err = b.firstRun(pm, ref); err != nil {
 		return r, err
 	}
 	wait()
-	b.prof.heap(addr, name)
+	b.prof.heap(profAddr, name)
+	return r, nil
+}
+
+// lazyRow pulls and runs through a lazypull daemon.
+func (b *bench) lazyRow(c string, d *testenv.Daemon, pm *testenv.Podman) (row, error) {
+	r, err := b.pullAndRun(c, pm, b.gzipRef, b.metrics[strings.TrimPrefix(c, "lazy-")])
+	if err != nil {
+		return r, err
+	}
 	r.PeakRSS, _ = d.PeakRSS()
 	if n := lazyLayers(d); n != len(b.img.Layers) {
 		r.Note = fmt.Sprintf("only %d of %d layers lazy", n, len(b.img.Layers))

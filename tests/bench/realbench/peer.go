@@ -66,17 +66,11 @@ func (b *bench) peer() error {
 		return err
 	}
 	defer pm.Close()
-	if err := dropCaches(); err != nil {
+	r, err := b.pullAndRun(caseStargz, pm, b.estargzRef, "")
+	if err != nil {
 		return err
 	}
-	r := row{Case: caseStargz}
-	if r.Pull, r.PullBytes, err = b.pull(pm, b.estargzRef); err != nil {
-		return err
-	}
-	if r.Run, r.RunBytes, err = b.firstRun(pm, b.estargzRef); err != nil {
-		return err
-	}
-	r.PeakRSS, _ = peakRSS(cmd.Process.Pid)
+	r.PeakRSS, _ = testenv.PeakRSS(cmd.Process.Pid)
 	if n := countALSLayers(pm.Root, mnt); n != len(b.img.Layers) {
 		r.Note = fmt.Sprintf("%d of %d layers lazy", n, len(b.img.Layers))
 	}
@@ -101,24 +95,6 @@ func waitMount(mnt string, exited <-chan error, timeout time.Duration) error {
 		}
 	}
 	return fmt.Errorf("%s not mounted after %s", mnt, timeout)
-}
-
-// peakRSS reads VmHWM of a process.
-func peakRSS(pid int) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			var kb int64
-			if _, err := fmt.Sscanf(strings.TrimSpace(rest), "%d kB", &kb); err != nil {
-				return 0, err
-			}
-			return kb << 10, nil
-		}
-	}
-	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
 }
 
 // countALSLayers counts podman's layers that link into the store at mnt

@@ -103,13 +103,11 @@ func (r *privateRegistry) Ref(repo, tagOrDigest string) string {
 	return r.Host + "/" + repo + ":" + tagOrDigest
 }
 
-// loggedIn starts, for the private registry, a daemon and a podman that
-// share one auth.json (REGISTRY_AUTH_FILE), without background fetches, and
-// logs podman in as alice; it returns the auth.json's path.
-func (r *privateRegistry) loggedIn(t *testing.T) (*testenv.Daemon, *testenv.Podman, string) {
+// loggedIn starts, for the private registry, a daemon and a podman with
+// the same environment env (which says where their credentials are), the
+// daemon without background fetches, and logs podman in as alice.
+func (r *privateRegistry) loggedIn(t *testing.T, env []string) (*testenv.Daemon, *testenv.Podman) {
 	t.Helper()
-	authFile := filepath.Join(t.TempDir(), "auth.json")
-	env := []string{"REGISTRY_AUTH_FILE=" + authFile}
 	d := testenv.StartDaemon(t, testenv.DaemonOptions{Env: env, Config: map[string]any{
 		"registry": map[string]any{"insecure": []string{r.Host}},
 		"index":    map[string]any{"min_layer_size": "4MiB"},
@@ -117,7 +115,7 @@ func (r *privateRegistry) loggedIn(t *testing.T) (*testenv.Daemon, *testenv.Podm
 	}})
 	p := testenv.NewPodman(t, testenv.PodmanOptions{InsecureRegistries: []string{r.Host}, StorageOpts: []string{d.ALSOption()}, Env: env})
 	podmanLogin(t, p, r.Host, "alice", alicePassword)
-	return d, p, authFile
+	return d, p
 }
 
 // podmanLogin runs `podman login` (extra flags before the host).
@@ -232,7 +230,8 @@ func TestPrivateImageWithPodmanCredentials(t *testing.T) {
 	ref, ref2 := r.Ref(privateRepo, "v1"), r.Ref(privateRepo, "v2")
 	byDigest := r.Ref(privateRepo, img.ManifestDigest.String())
 
-	d, p, authFile := r.loggedIn(t)
+	authFile := filepath.Join(t.TempDir(), "auth.json")
+	d, p := r.loggedIn(t, []string{"REGISTRY_AUTH_FILE=" + authFile})
 	indexPrivate(t, r.Host, authFile, ref)
 
 	// Alice's lazy pull.
@@ -342,14 +341,7 @@ func TestPrivateImageDefaultAuthPath(t *testing.T) {
 	ref := r.Ref(privateRepo, "v1")
 
 	runtimeDir := t.TempDir()
-	env := []string{"XDG_RUNTIME_DIR=" + runtimeDir, "REGISTRY_AUTH_FILE="}
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{Env: env, Config: map[string]any{
-		"registry": map[string]any{"insecure": []string{r.Host}},
-		"index":    map[string]any{"min_layer_size": "4MiB"},
-		"prefetch": map[string]any{"enabled": false}, "verification": map[string]any{"enabled": false},
-	}})
-	p := testenv.NewPodman(t, testenv.PodmanOptions{InsecureRegistries: []string{r.Host}, StorageOpts: []string{d.ALSOption()}, Env: env})
-	podmanLogin(t, p, r.Host, "alice", alicePassword)
+	d, p := r.loggedIn(t, []string{"XDG_RUNTIME_DIR=" + runtimeDir, "REGISTRY_AUTH_FILE="})
 	authFile := filepath.Join(runtimeDir, "containers", "auth.json")
 	if _, err := os.Stat(authFile); err != nil {
 		t.Fatalf("podman login did not write the default auth file: %v", err)

@@ -394,7 +394,8 @@ func TestLogoutRevokesServedLayers(t *testing.T) {
 	push(t, r.Reg, img, privateRepo, "v1")
 	ref := r.Ref(privateRepo, "v1")
 
-	d, p, authFile := r.loggedIn(t)
+	authFile := filepath.Join(t.TempDir(), "auth.json")
+	d, p := r.loggedIn(t, []string{"REGISTRY_AUTH_FILE=" + authFile})
 	indexPrivate(t, r.Host, authFile, ref)
 	if _, err := p.Pull(ref); err != nil {
 		t.Fatalf("lazy pull: %v\n%s", err, d.LogTail(30))

@@ -375,11 +375,8 @@ func (m *Manager) markHot(first, last int) bool {
 // Fetch makes spans first..last present, fetching the missing ones at
 // priority p, and waits for them.
 func (m *Manager) Fetch(ctx context.Context, first, last int, p Priority) error {
-	if err := m.badErr(); err != nil {
+	if err := m.usable(first, last); err != nil {
 		return err
-	}
-	if first < 0 || last >= m.n || first > last {
-		return fmt.Errorf("spans %d-%d out of range (%d spans)", first, last, m.n)
 	}
 	return m.ensure(ctx, first, last, p)
 }
@@ -388,14 +385,23 @@ func (m *Manager) Fetch(ctx context.Context, first, last int, p Priority) error 
 // (raising those already being fetched) and returns without waiting: a
 // later Fetch or read of them waits for these fetches. Close stops them.
 func (m *Manager) Start(first, last int, p Priority) error {
+	if err := m.usable(first, last); err != nil {
+		return err
+	}
+	_, err := m.claim(first, last, p)
+	return err
+}
+
+// usable reports why spans first..last cannot be fetched: the layer is
+// bad, or they are out of range.
+func (m *Manager) usable(first, last int) error {
 	if err := m.badErr(); err != nil {
 		return err
 	}
 	if first < 0 || last >= m.n || first > last {
 		return fmt.Errorf("spans %d-%d out of range (%d spans)", first, last, m.n)
 	}
-	_, err := m.claim(first, last, p)
-	return err
+	return nil
 }
 
 // ensure claims the missing spans of first..last (one job per run of
